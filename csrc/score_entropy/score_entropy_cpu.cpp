@@ -1,0 +1,203 @@
+// Score entropy on the CPU: rows in parallel (at::parallel_for), each row streamed once through
+// fixed-width lane blocks that the compiler turns into SIMD (AVX-512/AVX2/SSE2, whatever the
+// build targets). The math is in score_entropy.h.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../common/cpu_utils.h"
+#include "score_entropy.h"
+#include "score_entropy_args.h"
+#include "score_entropy_ops.h"
+
+namespace sedd {
+namespace {
+
+using cpu::acc_t;
+using cpu::load;
+using cpu::store;
+
+using cpu::kVecLen;
+using cpu::vfloat;
+
+// Σ e^{ℓ_y} and (if kWithL) Σ ℓ_y over y ∈ [lo, hi): SIMD lanes accumulate fp32 over blocks of
+// 1024 entries, the block sums are added in fp64 (fp64 inputs: plain fp64 loop).
+template <bool kWithL, typename T>
+void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l) {
+  double se = 0.0, sl = 0.0;
+  int64_t j = lo;
+  if constexpr (std::is_same_v<T, double>) {
+    for (; j < hi; ++j) {
+      se += exp_acc(p[j]);
+      if (kWithL) sl += p[j];
+    }
+  } else {
+    constexpr int64_t kBlock = 1024;
+    while (j + kVecLen <= hi) {
+      vfloat ae{}, al{};
+      const int64_t end = std::min(hi, j + kBlock);
+      for (; j + kVecLen <= end; j += kVecLen) {
+        const vfloat v = cpu::vload(p + j);
+        ae += cpu::vexp(v);
+        if (kWithL) al += v;
+      }
+      se += cpu::hsum(ae);
+      if (kWithL) sl += cpu::hsum(al);
+    }
+    for (; j < hi; ++j) {
+      const float v = load(p + j);
+      se += exp_f32(v);
+      if (kWithL) sl += v;
+    }
+  }
+  sum_exp += se;
+  sum_l += sl;
+}
+
+// Validate the data-dependent inputs once, before any kernel work (B·L reads).
+void check_values(const char* op, Graph g, const int64_t* xt, const int64_t* x0,
+                  const double* sigma, int64_t B, int64_t L, int64_t V) {
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(sigma[b] > 0.0, op, ": sigma must be > 0 (+inf is allowed), got ", sigma[b],
+                      " at sigma[", b, "]");
+  }
+  const int64_t hi0 = g == Graph::kAbsorb ? V - 1 : V;
+  for (int64_t r = 0; r < B * L; ++r) {
+    TORCH_CHECK_VALUE(xt[r] >= 0 && xt[r] < V, op, ": x_t must hold token ids in [0, V) = [0, ", V,
+                      "), got ", xt[r], " at x_t[", r / L, ", ", r % L, "]");
+    TORCH_CHECK_VALUE(x0[r] >= 0 && x0[r] < hi0, op, ": x_0 must hold token ids in [0, ", hi0,
+                      ")", g == Graph::kAbsorb ? " (the mask id V-1 is not a clean token)" : "",
+                      ", got ", x0[r], " at x_0[", r / L, ", ", r % L, "]");
+  }
+}
+
+struct Prepared {
+  se::Args a;
+  at::Tensor xt, x0, sigma;  // contiguous int64 / fp64 copies (B·L elements)
+};
+
+Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& x_t,
+                 const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
+  Prepared p;
+  p.a = se::check_args(op, log_score, x_t, x_0, sigma, graph);
+  p.xt = x_t.contiguous();
+  p.x0 = x_0.contiguous();
+  p.sigma = sigma.to(at::kDouble).contiguous();
+  check_values(op, p.a.graph, p.xt.data_ptr<int64_t>(), p.x0.data_ptr<int64_t>(),
+               p.sigma.data_ptr<double>(), p.a.B, p.a.L, p.a.V);
+  return p;
+}
+
+int64_t row_grain(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
+
+template <typename T, typename out_t>
+void forward_kernel(const at::Tensor& log_score, const Prepared& p, out_t* out) {
+  const T* base = log_score.data_ptr<T>();
+  const int64_t sB = log_score.stride(0), sL = log_score.stride(1);
+  const int64_t B = p.a.B, L = p.a.L, V = p.a.V;
+  const Graph g = p.a.graph;
+  const int64_t* xt = p.xt.data_ptr<int64_t>();
+  const int64_t* x0 = p.x0.data_ptr<int64_t>();
+  const double* sig = p.sigma.data_ptr<double>();
+  at::parallel_for(0, B * L, row_grain(V), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / L, i = r % L;
+      const int64_t x = xt[r];
+      if (!se::row_active(g, x, V)) {
+        out[r] = out_t(0);
+        continue;
+      }
+      const T* row = base + b * sB + i * sL;  // int64 offsets throughout
+      const se::RowConst c = se::row_const(g, sig[b], V);
+      const double l_x0 = static_cast<double>(load(row + x0[r]));
+      double sum_exp = 0.0, sum_l = 0.0;
+      double loss;
+      if (g == Graph::kAbsorb) {
+        row_sums<false>(row, 0, V - 1, sum_exp, sum_l);
+        loss = se::absorb_loss(sum_exp, l_x0, c);
+      } else {
+        row_sums<true>(row, 0, x, sum_exp, sum_l);
+        row_sums<true>(row, x + 1, V, sum_exp, sum_l);
+        loss = se::uniform_loss(sum_exp, sum_l, l_x0, x == x0[r], c);
+      }
+      out[r] = static_cast<out_t>(loss);
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const double* gout, const at::Tensor& log_score, const Prepared& p, T* out) {
+  using A = acc_t<T>;
+  const T* base = log_score.data_ptr<T>();
+  const int64_t sB = log_score.stride(0), sL = log_score.stride(1);
+  const int64_t L = p.a.L, V = p.a.V;
+  const Graph g = p.a.graph;
+  const int64_t* xt = p.xt.data_ptr<int64_t>();
+  const int64_t* x0 = p.x0.data_ptr<int64_t>();
+  const double* sig = p.sigma.data_ptr<double>();
+  at::parallel_for(0, p.a.B * L, row_grain(V), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / L, i = r % L;
+      const int64_t x = xt[r];
+      T* orow = out + r * V;
+      if (!se::row_active(g, x, V)) {
+        std::fill(orow, orow + V, T(0));
+        continue;
+      }
+      const T* row = base + b * sB + i * sL;
+      const se::RowConst c = se::row_const(g, sig[b], V);
+      const se::GradConst<A> k = se::grad_const<A>(g, gout[r], x, x0[r], c, V);
+      int64_t j = 0;
+      if constexpr (!std::is_same_v<T, double>) {
+        for (; j + kVecLen <= V; j += kVecLen) {
+          cpu::vstore(orow + j, cpu::vexp(cpu::vload(row + j)) * k.a + k.b);  // grad_body
+        }
+      }
+      for (; j < V; ++j) store(orow + j, se::grad_body<A>(exp_acc(load(row + j)), k));
+      // The (at most two) special entries: y = x0 and the zero entry (M or x).
+      store(orow + k.x0, se::grad_at<A>(k.x0, exp_acc(load(row + k.x0)), k));
+      store(orow + k.zero, se::grad_at<A>(k.zero, exp_acc(load(row + k.zero)), k));
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor score_entropy_cpu(const at::Tensor& log_score, const at::Tensor& x_t,
+                             const at::Tensor& x_0, const at::Tensor& sigma,
+                             c10::string_view graph) {
+  const Prepared p = prepare("score_entropy", log_score, x_t, x_0, sigma, graph);
+  const bool f64 = log_score.scalar_type() == at::kDouble;
+  at::Tensor out = at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
+                                  "score_entropy_cpu", [&] {
+    if (f64) {
+      forward_kernel<scalar_t>(log_score, p, out.data_ptr<double>());
+    } else {
+      forward_kernel<scalar_t>(log_score, p, out.data_ptr<float>());
+    }
+  });
+  return out;
+}
+
+at::Tensor score_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& log_score,
+                                      const at::Tensor& x_t, const at::Tensor& x_0,
+                                      const at::Tensor& sigma, c10::string_view graph) {
+  const Prepared p = prepare("score_entropy_backward", log_score, x_t, x_0, sigma, graph);
+  se::check_grad("score_entropy_backward", grad, log_score, p.a);
+  at::Tensor out = at::empty({p.a.B, p.a.L, p.a.V}, log_score.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor g = grad.to(at::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
+                                  "score_entropy_backward_cpu", [&] {
+    backward_kernel<scalar_t>(g.data_ptr<double>(), log_score, p, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+const char* cpu_isa() { return cpu::compiled_isa(); }
+
+}  // namespace sedd
