@@ -69,6 +69,10 @@ def score_entropy(log_score: torch.Tensor, x_t: torch.Tensor, x_0: torch.Tensor,
     """
     graph = _normalise_graph(graph)
     sigma = _normalise_sigma(sigma, log_score)
+    for name, t in (("x_t", x_t), ("x_0", x_0), ("sigma", sigma)):
+        if isinstance(t, torch.Tensor) and t.device != log_score.device:
+            raise ValueError(f"score_entropy: {name} must be on the same device as log_score "
+                             f"({log_score.device}), got {t.device}")
     if validate is None:
         validate = not torch.compiler.is_compiling()
     if validate and log_score.device.type != "cpu" and isinstance(x_t, torch.Tensor):

@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def make_batch(B, L, V, graph, *, dtype=torch.float64, device="cpu", mask_frac=0.5,
+               same_frac=0.5, scale=2.0, seed=0):
+    """Random log-scores and tokens that exercise every branch of the formulas: for 'absorb',
+    a mix of masked and unmasked rows; for 'uniform', a mix of x_t = x_0 and x_t != x_0."""
+    g = torch.Generator().manual_seed(seed)
+    log_score = (torch.randn(B, L, V, generator=g, dtype=torch.float64) * scale).to(dtype)
+    if graph == "absorb":
+        x_0 = torch.randint(0, V - 1, (B, L), generator=g)
+        masked = torch.rand(B, L, generator=g) < mask_frac
+        x_t = torch.where(masked, torch.full_like(x_0, V - 1), x_0)
+    else:
+        x_0 = torch.randint(0, V, (B, L), generator=g)
+        other = torch.randint(0, V, (B, L), generator=g)
+        x_t = torch.where(torch.rand(B, L, generator=g) < same_frac, x_0, other)
+    sigma = torch.rand(B, generator=g, dtype=torch.float64) * 4 + 1e-3
+    return (log_score.to(device), x_t.to(device), x_0.to(device), sigma.to(device))
