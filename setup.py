@@ -59,7 +59,7 @@ def find_cuda_home():
         real = os.path.realpath(nvcc)
         candidates.append(os.path.dirname(os.path.dirname(real)))
         try:
-            out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True,
+            out = subprocess.run([nvcc, "--dryrun", "-c", "sedd_probe.cu"], capture_output=True, text=True,
                                  timeout=60)
             for m in re.finditer(r"TOP=(\S+)", out.stdout + out.stderr):
                 candidates.append(os.path.realpath(m.group(1)))

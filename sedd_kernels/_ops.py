@@ -43,7 +43,8 @@ def _validate_values(log_score, x_t, x_0, sigma, graph):
         hi0 = V - 1 if graph == "absorb" else V
         lo, hi = int(x_0.min()), int(x_0.max())
         if lo < 0 or hi >= hi0:
-            raise ValueError(f"score_entropy: x_0 must hold token ids in [0, {hi0}), "
+            note = " (the mask id V-1 is not a clean token)" if graph == "absorb" else ""
+            raise ValueError(f"score_entropy: x_0 must hold token ids in [0, {hi0}){note}, "
                              f"got values in [{lo}, {hi}]")
     if sigma.numel() and not bool((sigma > 0).all()):
         raise ValueError("score_entropy: sigma must be > 0 (+inf is allowed), got "

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on a lent GPU machine (no network; torch with CUDA preinstalled):
+# build the extension with CUDA, run the test suite (CUDA variants included), run the CUDA
+# benchmarks and print their summary table. Finishes well inside 8 minutes on an H100.
+#   bash bench/device_check.sh            (writes logs and JSON to $OUT when it is set)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d)}"
+PY="${PYTHON:-python3}"
+status=0
+export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-16}" SEDD_KERNELS_CUDA=1
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
+  export TORCH_CUDA_ARCH_LIST
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+start=$(date +%s)
+if ! timeout 300 "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "built in $(( $(date +%s) - start )) s"
+"$PY" -c 'import sedd_kernels as s; print(s.build_info())'
+
+echo "== tests (CPU and CUDA)"
+timeout 240 "$PY" -m pytest tests -q -p no:cacheprovider -x -k "cuda or not cpu" \
+  2>&1 | tee "$OUT/tests.log" | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== benchmarks (CUDA)"
+SEDD_BENCH_DEVICES=cuda SEDD_BENCH_JSON="$OUT/bench.json" timeout 300 "$PY" -m pytest bench \
+  --benchmark-only -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds \
+  2>&1 | tee "$OUT/bench.log" | sed -n '/benchmark summary/,$p' | head -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "device_check exit status $status"
+exit $status
