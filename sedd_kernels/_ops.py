@@ -31,9 +31,20 @@ def _normalise_sigma(sigma, log_score: torch.Tensor) -> torch.Tensor:
     return sigma
 
 
+def _well_formed(log_score, x_t, x_0, sigma, graph) -> bool:
+    """Shapes and dtypes the op accepts (else the op itself raises its precise error)."""
+    ok = (isinstance(log_score, torch.Tensor) and log_score.dim() == 3
+          and all(isinstance(t, torch.Tensor) and t.dtype == torch.long
+                  and t.shape == log_score.shape[:2] for t in (x_t, x_0))
+          and sigma.dim() == 1 and sigma.shape[0] == log_score.shape[0])
+    return ok and log_score.shape[-1] >= (2 if graph == "absorb" else 1)
+
+
 def _validate_values(log_score, x_t, x_0, sigma, graph):
     """Data-dependent checks for CUDA tensors (one host sync). The CPU kernels check in C++; the
     CUDA kernels cannot raise, so without this they write NaN for invalid rows."""
+    if not _well_formed(log_score, x_t, x_0, sigma, graph):
+        return
     V = log_score.shape[-1]
     if x_t.numel():
         lo, hi = int(x_t.min()), int(x_t.max())

@@ -175,7 +175,7 @@ def test_zero_at_the_exact_score_and_nonnegative_elsewhere(device, graph):
     out = sk.score_entropy(exact.to(device), xt.to(device), x0.to(device), sigma.to(device), graph)
     scale = loss_magnitude(exact, graph) + 1.0
     assert (out.cpu().abs() <= 1e-12 * scale).all(), out
-    rand = sk.score_entropy(ls, xt.to(device), x0.to(device), sigma.to(device), graph)
+    rand = sk.score_entropy(ls.to(device), xt.to(device), x0.to(device), sigma.to(device), graph)
     assert (rand.cpu() >= -1e-12 * (loss_magnitude(ls, graph) + 1)).all()
     assert (rand.cpu()[xt.cpu() == V - 1] > 0).all() if graph == "absorb" else (rand > 0).any()
 

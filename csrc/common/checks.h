@@ -10,6 +10,22 @@
 
 namespace sedd {
 
+// Shapes, strides, dtypes and devices are formatted here rather than streamed into the error
+// message: streaming c10::IntArrayRef into TORCH_CHECK crashed with torch 2.11 (seen on the
+// GPU machine), while plain strings are safe everywhere.
+inline std::string ints_str(c10::IntArrayRef v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(v[i]);
+  }
+  return s + "]";
+}
+inline std::string shape_str(const at::Tensor& t) { return ints_str(t.sizes()); }
+inline std::string strides_str(const at::Tensor& t) { return ints_str(t.strides()); }
+inline std::string dtype_str(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
+inline std::string device_str(const at::Tensor& t) { return t.device().str(); }
+
 inline Graph parse_graph(const char* op, c10::string_view name) {
   if (name == "absorb" || name == "absorbing") return Graph::kAbsorb;
   if (name == "uniform") return Graph::kUniform;
@@ -21,20 +37,20 @@ inline Graph parse_graph(const char* op, c10::string_view name) {
 inline void check_same_device(const char* op, const at::Tensor& ref, const char* ref_name,
                               const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
-              ref_name, " (", ref.device(), "), got ", t.device());
+              ref_name, " (", device_str(ref), "), got ", device_str(t));
 }
 
 inline void check_token_tensor(const char* op, const at::Tensor& t, const char* name,
                                int64_t B, int64_t L) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name,
-                   " must be an int64 tensor of token ids, got ", t.scalar_type());
+                   " must be an int64 tensor of token ids, got ", dtype_str(t));
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == B && t.size(1) == L, op, ": ", name,
-                    " must have shape [B, L] = [", B, ", ", L, "], got ", t.sizes());
+                    " must have shape [B, L] = [", B, ", ", L, "], got ", shape_str(t));
 }
 
 inline void check_floating(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
+                   " must be a floating-point tensor, got ", dtype_str(t));
 }
 
 }  // namespace sedd

@@ -112,11 +112,11 @@ SEDD_HOST_DEVICE acc_t grad_body(acc_t ex, const GradConst<acc_t>& k) {
   return k.a * ex + k.b;
 }
 
-template <typename acc_t>
-SEDD_HOST_DEVICE acc_t grad_at(int64_t y, acc_t ex, const GradConst<acc_t>& k) {
+template <typename acc_t, typename idx_t>
+SEDD_HOST_DEVICE acc_t grad_at(idx_t y, acc_t ex, const GradConst<acc_t>& k) {
   acc_t v = grad_body(ex, k);
-  if (y == k.x0) v -= k.extra;
-  if (y == k.zero) v = acc_t(0);
+  if (y == static_cast<idx_t>(k.x0)) v -= k.extra;
+  if (y == static_cast<idx_t>(k.zero)) v = acc_t(0);
   return v;
 }
 

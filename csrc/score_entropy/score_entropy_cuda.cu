@@ -15,7 +15,6 @@
 #include <limits>
 
 #include "score_entropy.h"
-#include "score_entropy_args.h"
 #include "score_entropy_ops.h"
 
 namespace sedd {
@@ -29,54 +28,76 @@ struct alignas(16) Pack {
   T v[N];
 };
 
+// In-row indices are int32 (V < 2^31 is checked on the host); row offsets are int64.
 template <typename T>
-__device__ __forceinline__ int64_t head_elems(const T* p, int64_t V) {
-  const int64_t h = ((16 - (reinterpret_cast<uintptr_t>(p) & 15)) & 15) / sizeof(T);
+__device__ __forceinline__ int head_elems(const T* p, int V) {
+  const int h = static_cast<int>(((16 - (reinterpret_cast<uintptr_t>(p) & 15)) & 15) / sizeof(T));
   return h < V ? h : V;
 }
 
-// Calls f(y, value) for every y in [0, V) of the row `p`, the threads of the row splitting it:
-// scalar head up to 16-byte alignment, 16-byte vector body, scalar tail.
-template <typename T, typename F>
-__device__ __forceinline__ void row_for_each(const T* __restrict__ p, int64_t V, int t, int nt,
-                                             F&& f) {
-  constexpr int N = Pack<T>::N;
-  const int64_t head = head_elems(p, V);
-  for (int64_t j = t; j < head; j += nt) f(j, p[j]);
-  const int64_t nvec = (V - head) / N;
-  const Pack<T>* vp = reinterpret_cast<const Pack<T>*>(p + head);
-#pragma unroll 4
-  for (int64_t k = t; k < nvec; k += nt) {
-    const Pack<T> pk = vp[k];
-#pragma unroll
-    for (int q = 0; q < N; ++q) f(head + k * N + q, pk.v[q]);
-  }
-  for (int64_t j = head + nvec * N + t; j < V; j += nt) f(j, p[j]);
+// Is one of the (at most two) special in-row indices inside the pack starting at `base`?
+template <int N>
+__device__ __forceinline__ bool pack_has(int base, int s0, int s1) {
+  return static_cast<unsigned>(s0 - base) < N || static_cast<unsigned>(s1 - base) < N;
 }
 
-// out[y] = g(y, p[y]) for the row; vector stores when input and output share their alignment.
-template <typename T, typename G>
-__device__ __forceinline__ void row_map(const T* __restrict__ p, T* __restrict__ o, int64_t V, int t,
-                                        int nt, G&& g) {
+// Visits every y in [0, V) of the row `p`, the nt threads of the row splitting it: a scalar head
+// up to 16-byte alignment, a 16-byte vector body, a scalar tail. Entries of the head, the tail
+// and the (at most two) packs that hold a special index s0/s1 go to slow(y, v); every other entry
+// goes to fast(v), which needs no index arithmetic.
+template <typename T, typename Fast, typename Slow>
+__device__ __forceinline__ void row_for_each(const T* __restrict__ p, int V, int t, int nt, int s0,
+                                             int s1, Fast&& fast, Slow&& slow) {
+  constexpr int N = Pack<T>::N;
+  const int head = head_elems(p, V);
+  for (int j = t; j < head; j += nt) slow(j, p[j]);
+  const int nvec = (V - head) / N;
+  const Pack<T>* vp = reinterpret_cast<const Pack<T>*>(p + head);
+#pragma unroll 4
+  for (int k = t; k < nvec; k += nt) {
+    const Pack<T> pk = vp[k];
+    const int base = head + k * N;
+    if (pack_has<N>(base, s0, s1)) {
+#pragma unroll
+      for (int q = 0; q < N; ++q) slow(base + q, pk.v[q]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < N; ++q) fast(pk.v[q]);
+    }
+  }
+  for (int j = head + nvec * N + t; j < V; j += nt) slow(j, p[j]);
+}
+
+// o[y] = fast(p[y]) or slow(y, p[y]) (same split as row_for_each); vector stores when input and
+// output rows share their alignment, scalar stores otherwise.
+template <typename T, typename Fast, typename Slow>
+__device__ __forceinline__ void row_map(const T* __restrict__ p, T* __restrict__ o, int V, int t,
+                                        int nt, int s0, int s1, Fast&& fast, Slow&& slow) {
   constexpr int N = Pack<T>::N;
   if (((reinterpret_cast<uintptr_t>(p) ^ reinterpret_cast<uintptr_t>(o)) & 15) != 0) {
-    row_for_each(p, V, t, nt, [&](int64_t y, T v) { o[y] = static_cast<T>(g(y, v)); });
+    for (int j = t; j < V; j += nt) o[j] = static_cast<T>(slow(j, p[j]));
     return;
   }
-  const int64_t head = head_elems(p, V);
-  for (int64_t j = t; j < head; j += nt) o[j] = static_cast<T>(g(j, p[j]));
-  const int64_t nvec = (V - head) / N;
+  const int head = head_elems(p, V);
+  for (int j = t; j < head; j += nt) o[j] = static_cast<T>(slow(j, p[j]));
+  const int nvec = (V - head) / N;
   const Pack<T>* vp = reinterpret_cast<const Pack<T>*>(p + head);
   Pack<T>* vo = reinterpret_cast<Pack<T>*>(o + head);
 #pragma unroll 4
-  for (int64_t k = t; k < nvec; k += nt) {
+  for (int k = t; k < nvec; k += nt) {
     const Pack<T> pk = vp[k];
+    const int base = head + k * N;
     Pack<T> out;
+    if (pack_has<N>(base, s0, s1)) {
 #pragma unroll
-    for (int q = 0; q < N; ++q) out.v[q] = static_cast<T>(g(head + k * N + q, pk.v[q]));
+      for (int q = 0; q < N; ++q) out.v[q] = static_cast<T>(slow(base + q, pk.v[q]));
+    } else {
+#pragma unroll
+      for (int q = 0; q < N; ++q) out.v[q] = static_cast<T>(fast(pk.v[q]));
+    }
     vo[k] = out;
   }
-  for (int64_t j = head + nvec * N + t; j < V; j += nt) o[j] = static_cast<T>(g(j, p[j]));
+  for (int j = head + nvec * N + t; j < V; j += nt) o[j] = static_cast<T>(slow(j, p[j]));
 }
 
 // Sum over the TPR threads of a row (TPR = 32: one warp; TPR = kBlock: the whole block).
@@ -134,14 +155,15 @@ se_forward_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t ro
     return;
   }
   const T* p = base + r.b * sB + (r.row - r.b * L) * sL;
-  const int64_t skip = g == Graph::kAbsorb ? V - 1 : r.x;  // Σ over y ≠ M (absorb), y ≠ x (uniform)
+  const int skip = static_cast<int>(g == Graph::kAbsorb ? V - 1 : r.x);  // Σ_{y≠M} / Σ_{y≠x}
   A se_part = A(0), sl_part = A(0);
-  row_for_each(p, V, t, TPR, [&](int64_t y, T raw) {
+  auto add = [&](T raw) {
     const A v = static_cast<A>(raw);
-    if (y != skip) {
-      se_part += exp_acc(v);
-      sl_part += v;
-    }
+    se_part += exp_acc(v);
+    sl_part += v;
+  };
+  row_for_each(p, static_cast<int>(V), t, TPR, skip, skip, add, [&](int y, T raw) {
+    if (y != skip) add(raw);
   });
   const double sum_exp = row_sum<TPR>(se_part, smem);
   const double sum_l = g == Graph::kUniform ? row_sum<TPR>(sl_part, smem + kBlock / 32) : 0.0;
@@ -177,25 +199,10 @@ se_backward_kernel(const double* __restrict__ gout, const T* __restrict__ base, 
   const T* p = base + r.b * sB + (r.row - r.b * L) * sL;
   const se::RowConst c = se::row_const(g, r.sigma, V);
   const se::GradConst<A> k = se::grad_const<A>(g, gout[r.row], r.x, r.x0, c, V);
-  row_map(p, o, V, t, TPR, [&](int64_t y, T raw) {
-    return se::grad_at<A>(y, exp_acc(static_cast<A>(raw)), k);
-  });
-}
-
-struct Prepared {
-  se::Args a;
-  at::Tensor xt, x0, sigma;
-};
-
-Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& x_t,
-                 const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
-  Prepared p;
-  p.a = se::check_args(op, log_score, x_t, x_0, sigma, graph);
-  TORCH_CHECK(log_score.is_cuda(), op, ": log_score must be a CUDA tensor here");
-  p.xt = x_t.contiguous();
-  p.x0 = x_0.contiguous();
-  p.sigma = sigma.to(at::kDouble).contiguous();
-  return p;
+  row_map(
+      p, o, static_cast<int>(V), t, TPR, static_cast<int>(k.x0), static_cast<int>(k.zero),
+      [&](T raw) { return se::grad_body<A>(exp_acc(static_cast<A>(raw)), k); },
+      [&](int y, T raw) { return se::grad_at<A>(y, exp_acc(static_cast<A>(raw)), k); });
 }
 
 template <typename Launch>
@@ -209,53 +216,43 @@ void launch_rows(int64_t rows, int64_t V, Launch&& launch) {
 
 }  // namespace
 
-at::Tensor score_entropy_cuda(const at::Tensor& log_score, const at::Tensor& x_t,
-                              const at::Tensor& x_0, const at::Tensor& sigma,
-                              c10::string_view graph) {
-  const c10::cuda::CUDAGuard guard(log_score.device());
-  const Prepared p = prepare("score_entropy", log_score, x_t, x_0, sigma, graph);
-  const bool f64 = log_score.scalar_type() == at::kDouble;
-  at::Tensor out = at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
-  const int64_t rows = p.a.B * p.a.L;
-  if (rows == 0) return out;
+// Launchers called by the host entry points (score_entropy_cuda_entry.cpp), which check the
+// arguments: argument checking stays in host-compiled code, kernels and launches here.
+void score_entropy_cuda_launch(const at::Tensor& log_score, const at::Tensor& xt,
+                               const at::Tensor& x0, const at::Tensor& sigma, Graph graph,
+                               at::Tensor& out) {
+  const int64_t L = log_score.size(1), V = log_score.size(2);
+  const int64_t rows = log_score.size(0) * L;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
                                   "score_entropy_cuda", [&] {
     using out_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    launch_rows(rows, p.a.V, [&](auto tpr, int64_t blocks) {
+    launch_rows(rows, V, [&](auto tpr, int64_t blocks) {
       se_forward_kernel<scalar_t, out_t, decltype(tpr)::value><<<blocks, kBlock, 0, stream>>>(
-          log_score.data_ptr<scalar_t>(), log_score.stride(0), log_score.stride(1), rows, p.a.L,
-          p.a.V, p.xt.data_ptr<int64_t>(), p.x0.data_ptr<int64_t>(), p.sigma.data_ptr<double>(),
-          p.a.graph, out.data_ptr<out_t>());
+          log_score.data_ptr<scalar_t>(), log_score.stride(0), log_score.stride(1), rows, L, V,
+          xt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(), sigma.data_ptr<double>(), graph,
+          out.data_ptr<out_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return out;
 }
 
-at::Tensor score_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& log_score,
-                                       const at::Tensor& x_t, const at::Tensor& x_0,
-                                       const at::Tensor& sigma, c10::string_view graph) {
-  const c10::cuda::CUDAGuard guard(log_score.device());
-  const Prepared p = prepare("score_entropy_backward", log_score, x_t, x_0, sigma, graph);
-  se::check_grad("score_entropy_backward", grad, log_score, p.a);
-  at::Tensor out = at::empty({p.a.B, p.a.L, p.a.V}, log_score.options());
-  const int64_t rows = p.a.B * p.a.L;
-  if (out.numel() == 0) return out;
-  const at::Tensor g = grad.to(at::kDouble).contiguous();
+void score_entropy_backward_cuda_launch(const at::Tensor& grad, const at::Tensor& log_score,
+                                        const at::Tensor& xt, const at::Tensor& x0,
+                                        const at::Tensor& sigma, Graph graph, at::Tensor& out) {
+  const int64_t L = log_score.size(1), V = log_score.size(2);
+  const int64_t rows = log_score.size(0) * L;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
                                   "score_entropy_backward_cuda", [&] {
-    launch_rows(rows, p.a.V, [&](auto tpr, int64_t blocks) {
+    launch_rows(rows, V, [&](auto tpr, int64_t blocks) {
       se_backward_kernel<scalar_t, decltype(tpr)::value><<<blocks, kBlock, 0, stream>>>(
-          g.data_ptr<double>(), log_score.data_ptr<scalar_t>(), log_score.stride(0),
-          log_score.stride(1), rows, p.a.L, p.a.V, p.xt.data_ptr<int64_t>(),
-          p.x0.data_ptr<int64_t>(), p.sigma.data_ptr<double>(), p.a.graph,
-          out.data_ptr<scalar_t>());
+          grad.data_ptr<double>(), log_score.data_ptr<scalar_t>(), log_score.stride(0),
+          log_score.stride(1), rows, L, V, xt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(),
+          sigma.data_ptr<double>(), graph, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return out;
 }
 
 }  // namespace sedd

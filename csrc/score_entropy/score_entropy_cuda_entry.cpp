@@ -1,0 +1,58 @@
+// CUDA entry points of score_entropy: argument checks (host-compiled, like the CPU path), then
+// the launchers of score_entropy_cuda.cu. Compiled only into CUDA builds.
+#ifdef SEDD_WITH_CUDA
+
+#include <c10/cuda/CUDAGuard.h>
+
+#include "score_entropy_args.h"
+#include "score_entropy_ops.h"
+
+namespace sedd {
+namespace {
+
+struct Prepared {
+  se::Args a;
+  at::Tensor xt, x0, sigma;
+};
+
+Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& x_t,
+                 const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
+  Prepared p;
+  p.a = se::check_args(op, log_score, x_t, x_0, sigma, graph);
+  TORCH_CHECK(log_score.is_cuda(), op, ": log_score must be a CUDA tensor here");
+  p.xt = x_t.contiguous();
+  p.x0 = x_0.contiguous();
+  p.sigma = sigma.to(at::kDouble).contiguous();  // on the stream, no host sync
+  return p;
+}
+
+}  // namespace
+
+at::Tensor score_entropy_cuda(const at::Tensor& log_score, const at::Tensor& x_t,
+                              const at::Tensor& x_0, const at::Tensor& sigma,
+                              c10::string_view graph) {
+  const c10::cuda::CUDAGuard guard(log_score.device());
+  const Prepared p = prepare("score_entropy", log_score, x_t, x_0, sigma, graph);
+  const bool f64 = log_score.scalar_type() == at::kDouble;
+  at::Tensor out =
+      at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  if (out.numel() > 0) score_entropy_cuda_launch(log_score, p.xt, p.x0, p.sigma, p.a.graph, out);
+  return out;
+}
+
+at::Tensor score_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& log_score,
+                                       const at::Tensor& x_t, const at::Tensor& x_0,
+                                       const at::Tensor& sigma, c10::string_view graph) {
+  const c10::cuda::CUDAGuard guard(log_score.device());
+  const Prepared p = prepare("score_entropy_backward", log_score, x_t, x_0, sigma, graph);
+  se::check_grad("score_entropy_backward", grad, log_score, p.a);
+  at::Tensor out = at::empty({p.a.B, p.a.L, p.a.V}, log_score.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor g = grad.to(at::kDouble).contiguous();
+  score_entropy_backward_cuda_launch(g, log_score, p.xt, p.x0, p.sigma, p.a.graph, out);
+  return out;
+}
+
+}  // namespace sedd
+
+#endif  // SEDD_WITH_CUDA
