@@ -4,15 +4,41 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdio>
 #include <string>
+#include <type_traits>
 
 #include "macros.h"
 
 namespace sedd {
 
-// Shapes, strides, dtypes and devices are formatted here rather than streamed into the error
-// message: streaming c10::IntArrayRef into TORCH_CHECK crashed with torch 2.11 (seen on the
-// GPU machine), while plain strings are safe everywhere.
+// Error messages are assembled into one std::string here and handed to TORCH_CHECK_* as a single
+// argument. Streaming integers or IntArrayRefs through TORCH_CHECK's own variadic formatting
+// crashed the process with torch 2.11 on the GPU machine (messages of strings only did not).
+inline std::string to_str(const char* s) { return s; }
+inline std::string to_str(const std::string& s) { return s; }
+inline std::string to_str(c10::string_view s) { return std::string(s.data(), s.size()); }
+inline std::string to_str(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+std::string to_str(T v) {
+  return std::to_string(v);
+}
+template <typename... Ts>
+std::string cat(const Ts&... xs) {
+  std::string s;
+  ((s += to_str(xs)), ...);
+  return s;
+}
+
+#define SEDD_CHECK(cond, ...) TORCH_CHECK(cond, ::sedd::cat(__VA_ARGS__))
+#define SEDD_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::sedd::cat(__VA_ARGS__))
+#define SEDD_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, ::sedd::cat(__VA_ARGS__))
+
+// Shapes, strides, dtypes and devices as strings for those messages.
 inline std::string ints_str(c10::IntArrayRef v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) {
@@ -29,27 +55,27 @@ inline std::string device_str(const at::Tensor& t) { return t.device().str(); }
 inline Graph parse_graph(const char* op, c10::string_view name) {
   if (name == "absorb" || name == "absorbing") return Graph::kAbsorb;
   if (name == "uniform") return Graph::kUniform;
-  TORCH_CHECK_VALUE(false, op, ": graph must be 'absorb' or 'uniform', got '", std::string(name),
+  SEDD_CHECK_VALUE(false, op, ": graph must be 'absorb' or 'uniform', got '", std::string(name),
                     "'");
   return Graph::kAbsorb;
 }
 
 inline void check_same_device(const char* op, const at::Tensor& ref, const char* ref_name,
                               const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
+  SEDD_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
               ref_name, " (", device_str(ref), "), got ", device_str(t));
 }
 
 inline void check_token_tensor(const char* op, const at::Tensor& t, const char* name,
                                int64_t B, int64_t L) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name,
+  SEDD_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name,
                    " must be an int64 tensor of token ids, got ", dtype_str(t));
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == B && t.size(1) == L, op, ": ", name,
+  SEDD_CHECK_VALUE(t.dim() == 2 && t.size(0) == B && t.size(1) == L, op, ": ", name,
                     " must have shape [B, L] = [", B, ", ", L, "], got ", shape_str(t));
 }
 
 inline void check_floating(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
+  SEDD_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
                    " must be a floating-point tensor, got ", dtype_str(t));
 }
 

@@ -17,10 +17,10 @@ inline Args check_args(const char* op, const at::Tensor& log_score, const at::Te
                        const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
   Args a;
   a.graph = parse_graph(op, graph);
-  TORCH_CHECK_VALUE(log_score.dim() == 3, op, ": log_score must have shape [B, L, V], got ",
+  SEDD_CHECK_VALUE(log_score.dim() == 3, op, ": log_score must have shape [B, L, V], got ",
                     log_score.dim(), " dimensions ", shape_str(log_score));
   const auto dt = log_score.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
+  SEDD_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
                    op, ": log_score must be float32, bfloat16, float16 or float64, got ", dtype_str(log_score));
   a.B = log_score.size(0);
   a.L = log_score.size(1);
@@ -28,18 +28,18 @@ inline Args check_args(const char* op, const at::Tensor& log_score, const at::Te
   check_token_tensor(op, x_t, "x_t", a.B, a.L);
   check_token_tensor(op, x_0, "x_0", a.B, a.L);
   check_floating(op, sigma, "sigma");
-  TORCH_CHECK_VALUE(sigma.dim() == 1 && sigma.size(0) == a.B, op,
+  SEDD_CHECK_VALUE(sigma.dim() == 1 && sigma.size(0) == a.B, op,
                     ": sigma must have shape [B] = [", a.B, "], got ", shape_str(sigma));
   check_same_device(op, log_score, "log_score", x_t, "x_t");
   check_same_device(op, log_score, "log_score", x_0, "x_0");
   check_same_device(op, log_score, "log_score", sigma, "sigma");
-  TORCH_CHECK_VALUE(a.V <= 1 || log_score.stride(2) == 1, op,
+  SEDD_CHECK_VALUE(a.V <= 1 || log_score.stride(2) == 1, op,
                     ": log_score must have unit stride along V (the last dimension), got strides ",
                     strides_str(log_score));
-  TORCH_CHECK_VALUE(a.V < (int64_t(1) << 31), op, ": log_score must have V < 2^31, got ", a.V);
+  SEDD_CHECK_VALUE(a.V < (int64_t(1) << 31), op, ": log_score must have V < 2^31, got ", a.V);
   if (a.B * a.L > 0) {
     const int64_t vmin = a.graph == Graph::kAbsorb ? 2 : 1;
-    TORCH_CHECK_VALUE(a.V >= vmin, op, ": log_score must have V >= ", vmin, " for graph '",
+    SEDD_CHECK_VALUE(a.V >= vmin, op, ": log_score must have V >= ", vmin, " for graph '",
                       std::string(graph), "', got V = ", a.V);
   }
   return a;
@@ -48,7 +48,7 @@ inline Args check_args(const char* op, const at::Tensor& log_score, const at::Te
 inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& log_score,
                        const Args& a) {
   check_floating(op, grad, "grad");
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == a.B && grad.size(1) == a.L, op,
+  SEDD_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == a.B && grad.size(1) == a.L, op,
                     ": grad must have shape [B, L] = [", a.B, ", ", a.L, "], got ", shape_str(grad));
   check_same_device(op, log_score, "log_score", grad, "grad");
 }

@@ -60,14 +60,14 @@ void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l
 void check_values(const char* op, Graph g, const int64_t* xt, const int64_t* x0,
                   const double* sigma, int64_t B, int64_t L, int64_t V) {
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(sigma[b] > 0.0, op, ": sigma must be > 0 (+inf is allowed), got ", sigma[b],
+    SEDD_CHECK_VALUE(sigma[b] > 0.0, op, ": sigma must be > 0 (+inf is allowed), got ", sigma[b],
                       " at sigma[", b, "]");
   }
   const int64_t hi0 = g == Graph::kAbsorb ? V - 1 : V;
   for (int64_t r = 0; r < B * L; ++r) {
-    TORCH_CHECK_VALUE(xt[r] >= 0 && xt[r] < V, op, ": x_t must hold token ids in [0, V) = [0, ", V,
+    SEDD_CHECK_VALUE(xt[r] >= 0 && xt[r] < V, op, ": x_t must hold token ids in [0, V) = [0, ", V,
                       "), got ", xt[r], " at x_t[", r / L, ", ", r % L, "]");
-    TORCH_CHECK_VALUE(x0[r] >= 0 && x0[r] < hi0, op, ": x_0 must hold token ids in [0, ", hi0,
+    SEDD_CHECK_VALUE(x0[r] >= 0 && x0[r] < hi0, op, ": x_0 must hold token ids in [0, ", hi0,
                       ")", g == Graph::kAbsorb ? " (the mask id V-1 is not a clean token)" : "",
                       ", got ", x0[r], " at x_0[", r / L, ", ", r % L, "]");
   }
