@@ -2,6 +2,7 @@
 // Autograd formulas and fake (meta) kernels are registered from Python (sedd_kernels/_ops.py).
 #include <torch/library.h>
 
+#include "sampling/steps_ops.h"
 #include "score_entropy/score_entropy_ops.h"
 
 TORCH_LIBRARY(sedd, m) {
@@ -13,16 +14,33 @@ TORCH_LIBRARY(sedd, m) {
   m.def(
       "score_entropy_backward(Tensor grad, Tensor log_score, Tensor x_t, Tensor x_0, "
       "Tensor sigma, str graph) -> Tensor");
+  // SEDD.md §1: x_t ~ P(σ)[:, x_0] per position; num_tokens = V (absorbing mask = V - 1).
+  // Random bits: Philox keyed by (seed, offset, row, column) (csrc/common/philox.h).
+  m.def("perturb(Tensor x_0, Tensor sigma, str graph, int num_tokens, int seed, int offset) -> Tensor");
+  // Exponential race over the last dimension of non-negative weights [..., V] -> indices [...].
+  m.def("sample_categorical(Tensor weights, int seed, int offset) -> Tensor");
+  // SEDD.md §6: one reverse step on log-scores [B, L, V] from tokens x [B, L];
+  // kind "euler" (dsigma = Δt·σ̇), "analytic" (dsigma = σ̄(t) − σ̄(t − Δt)) or "denoise"
+  // (dsigma = σ̄(t)); frozen [B, L] bool marks positions that keep their token.
+  m.def(
+      "reverse_step(Tensor log_score, Tensor x, Tensor dsigma, str graph, str kind, int seed, "
+      "int offset, Tensor? frozen=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sedd, CPU, m) {
   m.impl("score_entropy", &sedd::score_entropy_cpu);
   m.impl("score_entropy_backward", &sedd::score_entropy_backward_cpu);
+  m.impl("perturb", &sedd::perturb_cpu);
+  m.impl("sample_categorical", &sedd::sample_categorical_cpu);
+  m.impl("reverse_step", &sedd::reverse_step_cpu);
 }
 
 #ifdef SEDD_WITH_CUDA
 TORCH_LIBRARY_IMPL(sedd, CUDA, m) {
   m.impl("score_entropy", &sedd::score_entropy_cuda);
   m.impl("score_entropy_backward", &sedd::score_entropy_backward_cuda);
+  m.impl("perturb", &sedd::perturb_cuda);
+  m.impl("sample_categorical", &sedd::sample_categorical_cuda);
+  m.impl("reverse_step", &sedd::reverse_step_cuda);
 }
 #endif

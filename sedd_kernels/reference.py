@@ -9,6 +9,10 @@ in float64 for float64 inputs and in float32 otherwise (bf16/fp16 inputs are upc
   shapes, so that ``torch.compile`` can fuse it. The "compiled reference" baseline.
 - :func:`score_entropy_general` — the definition Σ_y w_y (e^{ℓ_y} − r_y ℓ_y + K(r_y)) with a dense
   rate matrix Q and P = exp(σQ); small V only. It checks the closed forms.
+- Sampling (§1, §6): :func:`sample_categorical` (float64 exponential race with torch's RNG),
+  :func:`perturb`, the definitions :func:`transition`, :func:`staggered_score`, :func:`step_weights`
+  (dense matrix exponentials; small V) and the paper-style dense steps :func:`euler_step`,
+  :func:`analytic_step`, :func:`denoise_step` (any V; the "reference eager" baseline).
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ __all__ = [
     "score_entropy",
     "score_entropy_dense",
     "score_entropy_general",
+    "sample_categorical",
+    "perturb",
+    "transition",
+    "staggered_score",
+    "step_weights",
+    "euler_step",
+    "analytic_step",
+    "denoise_step",
 ]
 
 
@@ -151,3 +163,140 @@ def score_entropy_general(log_score, x_t, x_0, sigma, Q) -> torch.Tensor:
     w = torch.where(not_x, w, 0.0)
     term = score.exp() - torch.where(ratio > 0, ratio * score, 0.0) + _K(ratio)
     return (w * torch.where(w != 0, term, 0.0)).sum(dim=-1)
+
+
+# ---------------------------------------------------------------- forward process and sampling
+
+def sample_categorical(weights: torch.Tensor, generator=None) -> torch.Tensor:
+    """Exponential race in float64: argmax_y w_y / E_y, E_y = −log1p(−u_y), u ~ U[0, 1) with 53
+    random bits (torch.rand in float64). Same distribution as the fused op, other random numbers."""
+    w = weights.to(torch.float64)
+    u = torch.rand(w.shape, dtype=torch.float64, device=w.device, generator=generator)
+    return torch.argmax(w / -torch.log1p(-u), dim=-1)
+
+
+def perturb(x_0, sigma, graph, num_tokens, generator=None):
+    """SEDD.md §1 with torch's RNG: move with probability 1 − e^{−σ} to the mask (absorb) or to a
+    uniform token of [0, V) (uniform)."""
+    graph = _graph_name(graph)
+    B = x_0.shape[0]
+    sigma = _sigma(sigma, B, x_0.device, torch.float64)[:, None]
+    move = torch.rand(x_0.shape, dtype=torch.float64, device=x_0.device, generator=generator) \
+        < -torch.expm1(-sigma)
+    if graph == "absorb":
+        target = torch.full_like(x_0, num_tokens - 1)
+    else:
+        target = torch.randint(0, num_tokens, x_0.shape, device=x_0.device, generator=generator)
+    return torch.where(move, target, x_0)
+
+
+def transition(x, sigma, graph, num_tokens):
+    """p(x_t = y | x_0 = x) = exp(σQ)[y, x] over y, [B, L, V] float64, from the dense matrix
+    exponential of the rate matrix (the definition; small V)."""
+    V = int(num_tokens)
+    B = x.shape[0]
+    sigma = _sigma(sigma, B, x.device, torch.float64)
+    P = torch.linalg.matrix_exp(sigma[:, None, None] * rate_matrix(graph, V, device=x.device))
+    cols = P.transpose(1, 2)                                   # cols[b, x] = P[:, x]
+    return torch.gather(cols[:, None].expand(B, x.shape[1], V, V), 2,
+                        x[..., None, None].expand(B, x.shape[1], 1, V)).squeeze(2)
+
+
+def staggered_score(score, dsigma, graph):
+    """stag = exp(−δQ)·s from the dense matrix exponential (the definition; small V)."""
+    B, L, V = score.shape
+    d = _sigma(dsigma, B, score.device, torch.float64)
+    Pm = torch.linalg.matrix_exp(-d[:, None, None] * rate_matrix(graph, V, device=score.device))
+    return torch.einsum("byz,blz->bly", Pm, score.to(torch.float64))
+
+
+def step_weights(log_score, x, dsigma, graph, kind, frozen=None):
+    """The weights of one reverse step, SEDD.md §6, from the dense rate matrix (the definition;
+    small V), float64 [B, L, V], rows normalised to sum 1. s = e^ℓ with s_x = 1; Euler: δ·Q[x, y]·s_y
+    and 1 − Σ at x; analytic: (exp(−δQ)·s)_y · exp(δQ)[x, y]; denoise: analytic, absorbing mask
+    column dropped. Negative weights count as 0; a row of zeros keeps x (the absorbing denoiser:
+    uniform over non-mask tokens); frozen rows and absorbing rows with x ≠ M keep x."""
+    graph = _graph_name(graph)
+    B, L, V = log_score.shape
+    Q = rate_matrix(graph, V, device=log_score.device)
+    d = _sigma(dsigma, B, log_score.device, torch.float64)
+    s = log_score.to(torch.float64).exp()
+    onehot = torch.nn.functional.one_hot(x, V).to(torch.float64)
+    s = torch.where(onehot > 0, 1.0, s)
+    if kind == "euler":
+        w = d[:, None, None] * Q[x] * s
+        w = torch.where(onehot > 0, 0.0, w)
+        w = w + onehot * (1 - w.sum(-1, keepdim=True))
+    elif kind in ("analytic", "denoise"):
+        fwd = torch.linalg.matrix_exp(d[:, None, None] * Q)      # exp(δQ)
+        bwd = torch.linalg.matrix_exp(-d[:, None, None] * Q)     # exp(−δQ)
+        stag = torch.einsum("byz,blz->bly", bwd, s)
+        row = torch.gather(fwd[:, None].expand(B, L, V, V), 2,
+                           x[..., None, None].expand(B, L, 1, V)).squeeze(2)  # exp(δQ)[x, :]
+        w = stag * row
+        if kind == "denoise" and graph == "absorb":
+            w[..., V - 1] = 0.0
+    else:
+        raise ValueError(f"kind must be 'euler', 'analytic' or 'denoise', got {kind!r}")
+    w = w.clamp_min(0.0)
+    total = w.sum(-1, keepdim=True)
+    if kind == "denoise" and graph == "absorb":
+        fallback = torch.ones_like(w)
+        fallback[..., V - 1] = 0.0
+    else:
+        fallback = onehot
+    w = torch.where(total > 0, w, fallback)
+    stays = x != V - 1 if graph == "absorb" else torch.zeros_like(x, dtype=torch.bool)
+    if frozen is not None:
+        stays = stays | frozen
+    w = torch.where(stays[..., None], onehot, w)
+    return w / w.sum(-1, keepdim=True)
+
+
+def _paper_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None):
+    """A reverse step as the paper's code computes it, dense over [B, L, V] (any V): exp of the
+    log-scores, the staggered score and the transition row in closed form, the product, and the
+    race in float64 (instead of its float32 Gumbel noise)."""
+    graph = _graph_name(graph)
+    B, L, V = log_score.shape
+    d = _sigma(dsigma, B, log_score.device, torch.float32)[:, None, None]
+    score = log_score.float().exp()
+    score = score.scatter(-1, x[..., None], 1.0)                   # s_x = 1
+    onehot = torch.nn.functional.one_hot(x, V).float()
+    if kind == "euler":
+        Qrow = onehot.new_zeros(B, L, V)
+        if graph == "absorb":
+            Qrow = torch.where((x == V - 1)[..., None], 1.0, Qrow)
+        else:
+            Qrow = Qrow + 1.0 / V
+        probs = d * Qrow * score * (1 - onehot)
+        probs = probs + onehot * (1 - probs.sum(-1, keepdim=True))
+    else:
+        if graph == "absorb":
+            stag = score * torch.exp(d)
+            stag[..., -1] = score[..., -1] - torch.expm1(d)[..., 0] * score[..., :-1].sum(-1)
+            trans = torch.exp(-d) * onehot + torch.where((x == V - 1)[..., None],
+                                                         -torch.expm1(-d), 0.0)
+        else:
+            stag = torch.exp(d) * score - torch.expm1(d) * score.sum(-1, keepdim=True) / V
+            trans = -torch.expm1(-d) / V + torch.exp(-d) * onehot
+        probs = stag * trans
+        if kind == "denoise" and graph == "absorb":
+            probs[..., -1] = 0.0
+    probs = probs.clamp_min(0.0)
+    new = sample_categorical(probs, generator)
+    if frozen is not None:
+        new = torch.where(frozen, x, new)
+    return new
+
+
+def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None):
+    return _paper_step(log_score, x, dsigma, graph, "euler", generator, frozen)
+
+
+def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None):
+    return _paper_step(log_score, x, dsigma, graph, "analytic", generator, frozen)
+
+
+def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None):
+    return _paper_step(log_score, x, sigma, graph, "denoise", generator, frozen)

@@ -73,7 +73,17 @@ typedef uint16_t vu16 __attribute__((vector_size(kVecBytes / 2)));
 typedef _Float16 vf16 __attribute__((vector_size(kVecBytes / 2)));
 #endif
 
+typedef uint64_t vu64 __attribute__((vector_size(kVecBytes)));
+
 inline vfloat vexp(vfloat x) { return exp_generic<vfloat, vint>(x); }
+
+// High 32 bits of a·m for every uint32 lane (even and odd lanes through 64-bit products).
+inline vuint vmulhi(vuint a, uint32_t m) {
+  const vu64 q = bitcast<vu64>(a);
+  const vu64 even = ((q & 0xffffffffull) * static_cast<uint64_t>(m)) >> 32;
+  const vu64 odd = ((q >> 32) * static_cast<uint64_t>(m)) & 0xffffffff00000000ull;
+  return bitcast<vuint>(even | odd);
+}
 
 inline vfloat vload(const float* p) {
   vfloat v;

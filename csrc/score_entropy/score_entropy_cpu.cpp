@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../common/cpu_rows.h"
 #include "../common/cpu_utils.h"
 #include "score_entropy.h"
 #include "score_entropy_args.h"
@@ -18,43 +19,8 @@ namespace {
 using cpu::acc_t;
 using cpu::load;
 using cpu::store;
-
 using cpu::kVecLen;
-using cpu::vfloat;
-
-// Σ e^{ℓ_y} and (if kWithL) Σ ℓ_y over y ∈ [lo, hi): SIMD lanes accumulate fp32 over blocks of
-// 1024 entries, the block sums are added in fp64 (fp64 inputs: plain fp64 loop).
-template <bool kWithL, typename T>
-void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l) {
-  double se = 0.0, sl = 0.0;
-  int64_t j = lo;
-  if constexpr (std::is_same_v<T, double>) {
-    for (; j < hi; ++j) {
-      se += exp_acc(p[j]);
-      if (kWithL) sl += p[j];
-    }
-  } else {
-    constexpr int64_t kBlock = 1024;
-    while (j + kVecLen <= hi) {
-      vfloat ae{}, al{};
-      const int64_t end = std::min(hi, j + kBlock);
-      for (; j + kVecLen <= end; j += kVecLen) {
-        const vfloat v = cpu::vload(p + j);
-        ae += cpu::vexp(v);
-        if (kWithL) al += v;
-      }
-      se += cpu::hsum(ae);
-      if (kWithL) sl += cpu::hsum(al);
-    }
-    for (; j < hi; ++j) {
-      const float v = load(p + j);
-      se += exp_f32(v);
-      if (kWithL) sl += v;
-    }
-  }
-  sum_exp += se;
-  sum_l += sl;
-}
+using cpu::row_sums;
 
 // Validate the data-dependent inputs once, before any kernel work (B·L reads).
 void check_values(const char* op, Graph g, const int64_t* xt, const int64_t* x0,

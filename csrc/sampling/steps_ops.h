@@ -1,0 +1,26 @@
+// Entry points of the sampling ops (registered in csrc/registration.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace sedd {
+
+at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
+                       int64_t num_tokens, int64_t seed, int64_t offset);
+at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64_t offset);
+at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
+                            const at::Tensor& dsigma, c10::string_view graph,
+                            c10::string_view kind, int64_t seed, int64_t offset,
+                            const c10::optional<at::Tensor>& frozen);
+
+#ifdef SEDD_WITH_CUDA
+at::Tensor perturb_cuda(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
+                        int64_t num_tokens, int64_t seed, int64_t offset);
+at::Tensor sample_categorical_cuda(const at::Tensor& weights, int64_t seed, int64_t offset);
+at::Tensor reverse_step_cuda(const at::Tensor& log_score, const at::Tensor& x,
+                             const at::Tensor& dsigma, c10::string_view graph,
+                             c10::string_view kind, int64_t seed, int64_t offset,
+                             const c10::optional<at::Tensor>& frozen);
+#endif
+
+}  // namespace sedd

@@ -1,0 +1,156 @@
+"""Forward process and reverse steps (SEDD.md §1, §6): bindings of the fused sampling kernels,
+the closed-form dense rows, and random-number plumbing (torch.Generator → Philox seed/offset)."""
+
+from __future__ import annotations
+
+
+import torch
+
+from ._ops import _normalise_graph, _normalise_sigma
+
+KINDS = ("euler", "analytic", "denoise")
+
+
+def philox_seed_offset(generator: torch.Generator | None, device: torch.device) -> tuple[int, int]:
+    """(seed, offset) for one call of a sampling kernel, advancing the generator as torch's own
+    random ops do: a CUDA (Philox) generator keeps its seed and moves its offset on; a CPU
+    generator (mt19937) gives two fresh 62-bit numbers. Same generator state → same numbers."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if generator is None:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            generator = torch.cuda.default_generators[index]
+        seed = generator.initial_seed()
+        offset = generator.get_offset()
+        generator.set_offset(offset + 4)
+        seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+        return seed, offset
+    if generator is None:
+        generator = torch.default_generator
+    seed, offset = torch.randint(0, 1 << 62, (2,), generator=generator).tolist()
+    return seed, offset
+
+
+def _check_device(op, ref, **tensors):
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device != ref.device:
+            raise ValueError(f"{op}: {name} must be on the same device as {ref.device}, got {t.device}")
+
+
+def _validate(op, *, x=None, V=None, nonneg=None, name_nonneg="dsigma"):
+    """Data-dependent checks on CUDA (one host sync); CPU kernels check in C++."""
+    if x is not None and x.numel():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"{op}: token ids must be in [0, {V}), got values in [{lo}, {hi}]")
+    if nonneg is not None and nonneg.numel() and not bool((nonneg >= 0).all()):
+        raise ValueError(f"{op}: {name_nonneg} must be >= 0, got min {float(nonneg.min())}")
+
+
+def _want_validate(validate, t):
+    if validate is None:
+        validate = not torch.compiler.is_compiling()
+    return validate and t.device.type != "cpu"
+
+
+def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
+            generator: torch.Generator | None = None, *, validate: bool | None = None):
+    """x_t ~ P(σ)[:, x_0] per position (SEDD.md §1). ``num_tokens`` is V (for 'absorb' the mask is
+    V − 1: with probability 1 − e^{−σ} a token becomes the mask; for 'uniform' it becomes a
+    uniform draw from [0, V)). ``sigma``: [B], [B, 1], 0-d or a number, ≥ 0."""
+    graph = _normalise_graph(graph)
+    sigma = _normalise_sigma(sigma, x_0)
+    _check_device("perturb", x_0, sigma=sigma)
+    if _want_validate(validate, x_0):
+        _validate("perturb", x=x_0, V=num_tokens, nonneg=sigma, name_nonneg="sigma")
+    seed, offset = philox_seed_offset(generator, x_0.device)
+    return torch.ops.sedd.perturb(x_0, sigma, graph, int(num_tokens), seed, offset)
+
+
+def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None, *,
+                       validate: bool | None = None) -> torch.Tensor:
+    """Indices ~ Categorical(weights / Σ weights) over the last dimension, by the exponential race
+    argmax_y w_y / E_y with E_y = −log1p(−u_y) in float64 from 32 random bits (SEDD.md §6).
+    ``weights``: non-negative, not NaN, at least one positive entry per row."""
+    if _want_validate(validate, weights) and weights.numel():
+        if not bool(((weights >= 0) & ~torch.isnan(weights)).all()):
+            raise ValueError("sample_categorical: weights must be non-negative and not NaN")
+        if not bool((weights.amax(dim=-1) > 0).all()):
+            raise ValueError("sample_categorical: every row of weights needs a positive entry")
+    seed, offset = philox_seed_offset(generator, weights.device)
+    return torch.ops.sedd.sample_categorical(weights, seed, offset)
+
+
+def _step(kind, log_score, x, dsigma, graph, generator, frozen, validate):
+    graph = _normalise_graph(graph)
+    dsigma = _normalise_sigma(dsigma, log_score)
+    _check_device(kind + "_step", log_score, x=x, dsigma=dsigma, frozen=frozen)
+    if _want_validate(validate, log_score):
+        _validate(kind + "_step", x=x, V=log_score.shape[-1], nonneg=dsigma)
+    seed, offset = philox_seed_offset(generator, log_score.device)
+    return torch.ops.sedd.reverse_step(log_score, x, dsigma, graph, kind, seed, offset, frozen)
+
+
+def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, validate=None):
+    """One Euler (τ-leaping) step, SEDD.md §6, with ``dsigma = Δt·σ̇(t)`` per sequence: weights
+    Δt·σ̇·Q[x, y]·s_y for y ≠ x and 1 − Σ of them for x (negatives count as 0). Returns new tokens
+    [B, L]. ``frozen`` [B, L] bool: positions that keep their token. The score at the current token
+    is taken as 1 whatever ``log_score`` holds there."""
+    return _step("euler", log_score, x, dsigma, graph, generator, frozen, validate)
+
+
+def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, validate=None):
+    """One analytic (Tweedie τ-leaping) step, SEDD.md §6, with ``dsigma = σ̄(t) − σ̄(t − Δt)``:
+    weights stag_y · exp(δQ)[x, y] with the staggered score stag = exp(−δQ)·s."""
+    return _step("analytic", log_score, x, dsigma, graph, generator, frozen, validate)
+
+
+def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None, *, validate=None):
+    """The final denoising step, SEDD.md §6: the analytic step with δ = σ̄(t) all the way to σ = 0;
+    for the absorbing graph the mask column is dropped, so the output never holds the mask."""
+    return _step("denoise", log_score, x, sigma, graph, generator, frozen, validate)
+
+
+def transition(x: torch.Tensor, sigma, graph, num_tokens: int) -> torch.Tensor:
+    """The dense rows p(x_t = y | x_0 = x) = P(σ)[y, x] over y, [B, L, V] float64 (SEDD.md §1)."""
+    graph = _normalise_graph(graph)
+    sigma = _normalise_sigma(sigma, x).to(torch.float64)
+    V = int(num_tokens)
+    stay = torch.exp(-sigma)[:, None, None]
+    onehot = torch.nn.functional.one_hot(x, V).to(torch.float64)
+    if graph == "uniform":
+        return stay * onehot + (1 - stay) / V
+    out = stay * onehot  # P[x, x] = e^{−σ}; the rest moves to the mask (the mask stays: 1)
+    out[..., V - 1] += -torch.expm1(-sigma)[:, None]
+    return out
+
+
+def staggered_score(score: torch.Tensor, dsigma, graph) -> torch.Tensor:
+    """stag = exp(−δQ)·s in closed form (SEDD.md §6), for scores s [B, L, V] (not log-scores):
+    absorbing e^δ s_y (y ≠ M) and s_M − (e^δ − 1)Σ_{y≠M} s_y; uniform e^δ s_y − (e^δ − 1)S/V."""
+    graph = _normalise_graph(graph)
+    d = _normalise_sigma(dsigma, score).to(score.dtype)[:, None, None]
+    if graph == "uniform":
+        return torch.exp(d) * score - torch.expm1(d) * score.sum(-1, keepdim=True) / score.shape[-1]
+    out = torch.exp(d) * score
+    out[..., -1] = score[..., -1] - torch.expm1(d)[..., 0] * score[..., :-1].sum(-1)
+    return out
+
+
+# ---- fake kernels ----
+
+@torch.library.register_fake("sedd::perturb")
+def _perturb_fake(x_0, sigma, graph, num_tokens, seed, offset):
+    return torch.empty_like(x_0)
+
+
+@torch.library.register_fake("sedd::sample_categorical")
+def _sample_categorical_fake(weights, seed, offset):
+    return weights.new_empty(weights.shape[:-1], dtype=torch.long)
+
+
+@torch.library.register_fake("sedd::reverse_step")
+def _reverse_step_fake(log_score, x, dsigma, graph, kind, seed, offset, frozen=None):
+    return torch.empty_like(x)
+
+
