@@ -25,3 +25,9 @@ def make_batch(B, L, V, graph, *, dtype=torch.float64, device="cpu", mask_frac=0
         x_t = torch.where(torch.rand(B, L, generator=g) < same_frac, x_0, other)
     sigma = torch.rand(B, generator=g, dtype=torch.float64) * 4 + 1e-3
     return (log_score.to(device), x_t.to(device), x_0.to(device), sigma.to(device))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state: failures reproduce."""
+    torch.manual_seed(0)

@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "fastmath.h"
 
 namespace sedd {
@@ -128,6 +132,23 @@ inline float hsum(vfloat v) {
   float s = 0.0f;
   for (int k = 0; k < kVecLen; ++k) s += v[k];
   return s;
+}
+
+// Ask Linux for transparent huge pages on a freshly allocated output that the kernel is about to
+// write entirely: first-touch page faults of a 400 MB gradient cost more than computing it, and
+// 2 MB pages cut them ~500-fold. Only the 2 MB-aligned interior is advised; a no-op elsewhere or
+// when THP is disabled (madvise then fails harmlessly).
+inline void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < 4 * kHuge) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
 }
 
 // The widest x86/Arm vector ISA this translation unit was compiled for.

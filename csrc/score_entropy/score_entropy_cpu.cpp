@@ -156,6 +156,7 @@ at::Tensor score_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   se::check_grad("score_entropy_backward", grad, log_score, p.a);
   at::Tensor out = at::empty({p.a.B, p.a.L, p.a.V}, log_score.options());
   if (out.numel() == 0) return out;
+  cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
   const at::Tensor g = grad.to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
                                   "score_entropy_backward_cpu", [&] {
