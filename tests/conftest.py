@@ -1,5 +1,11 @@
+import os
+import sys
+
 import pytest
 import torch
+
+# the modeling layer lives in python/ (installed as `sedd` by `pip install -e .` too)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -1,0 +1,177 @@
+"""The built-in corpus: a synthetic English-like language with an exactly computable likelihood.
+
+A hidden Markov model over grammatical states (determiner, adjective, subject and object noun,
+verb, adverb, preposition, conjunction, pronoun, sentence end) emits words of a vocabulary of a
+few hundred pseudo-English words, all generated deterministically from a seed. Its exact
+log-likelihood of any token sequence comes from the forward algorithm, so a model's likelihood
+bound can be held against the true entropy of the data. Nothing is read from outside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# state: (name, category, transitions to (state, weight))
+_STATES = [
+    ("S-DET", "det", [("S-ADJ", 2), ("S-NOUN", 5)]),
+    ("S-ADJ", "adj", [("S-ADJ", 1), ("S-NOUN", 5)]),
+    ("S-NOUN", "noun", [("VERB", 6), ("ADV", 1)]),
+    ("PRON", "pron", [("VERB", 5), ("ADV", 1)]),
+    ("ADV", "adv", [("VERB", 4)]),
+    ("VERB", "verb", [("O-DET", 5), ("PREP", 2), ("END", 2), ("CONJ", 1), ("ADV2", 1)]),
+    ("ADV2", "adv", [("END", 2), ("PREP", 1)]),
+    ("O-DET", "det", [("O-ADJ", 2), ("O-NOUN", 5)]),
+    ("O-ADJ", "adj", [("O-ADJ", 1), ("O-NOUN", 5)]),
+    ("O-NOUN", "noun", [("END", 5), ("PREP", 2), ("CONJ", 1)]),
+    ("PREP", "prep", [("O-DET", 5), ("PRON-O", 1)]),
+    ("PRON-O", "pron_o", [("END", 3), ("PREP", 1)]),
+    ("CONJ", "conj", [("S-DET", 3), ("PRON", 2)]),
+    ("END", "end", [("S-DET", 5), ("PRON", 3)]),
+]
+_FUNCTION_WORDS = {
+    "det": ["the", "a", "this", "that", "every", "some", "no", "my", "our", "their"],
+    "pron": ["she", "he", "they", "we", "it", "you", "i"],
+    "pron_o": ["her", "him", "them", "us", "it", "me", "you"],
+    "prep": ["of", "in", "on", "under", "with", "from", "near", "over", "through", "behind"],
+    "conj": ["and", "but", "so", "while", "because", "or"],
+    "end": [".", "!", "?"],
+}
+_CONTENT_SIZES = {"noun": 160, "verb": 90, "adj": 60, "adv": 30}
+_ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "fl", "g", "gr", "h", "j", "k", "l", "m", "n",
+           "p", "pl", "r", "s", "sh", "sl", "st", "t", "th", "tr", "v", "w", "z"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "oo", "ou"]
+_CODAS = ["", "", "n", "r", "l", "s", "t", "m", "nd", "st", "rk", "ng"]
+_SUFFIX = {"noun": ["", "", "", "er", "on", "ock"], "verb": ["s", "ed", "es", "ened", "ishes"],
+           "adj": ["y", "ish", "en", "ful", "ous"], "adv": ["ly"]}
+
+
+@dataclass
+class Language:
+    words: list[str]          # id -> word
+    states: list[str]
+    start: np.ndarray         # [S] initial (stationary) state distribution
+    trans: np.ndarray         # [S, S] P(next state | state)
+    emit: np.ndarray          # [S, n] P(word | state)
+
+    @property
+    def n(self):
+        return len(self.words)
+
+    # ---- tokenizer (word level)
+    def encode(self, text: str) -> list[int]:
+        index = {w: i for i, w in enumerate(self.words)}
+        out = []
+        for w in text.replace("!", " ! ").replace("?", " ? ").replace(".", " . ").split():
+            if w not in index:
+                raise ValueError(f"word {w!r} is not in the built-in language's vocabulary")
+            out.append(index[w])
+        return out
+
+    def decode(self, ids) -> str:
+        text = " ".join(self.words[int(i)] if 0 <= int(i) < self.n else "[MASK]" for i in ids)
+        for p in (".", "!", "?"):
+            text = text.replace(" " + p, p)
+        return text
+
+    # ---- sampling and exact likelihood
+    def sample(self, num: int, length: int, seed: int) -> np.ndarray:
+        """num sequences of `length` tokens from the stationary chain, deterministic in seed."""
+        rng = np.random.default_rng(seed)
+        S = len(self.states)
+        cum_t = np.cumsum(self.trans, axis=1)
+        cum_e = np.cumsum(self.emit, axis=1)
+        state = rng.choice(S, size=num, p=self.start)
+        out = np.empty((num, length), dtype=np.int64)
+        for i in range(length):
+            u = rng.random(num)
+            out[:, i] = np.minimum((cum_e[state] < u[:, None]).sum(1), self.n - 1)
+            u = rng.random(num)
+            state = np.minimum((cum_t[state] < u[:, None]).sum(1), S - 1)
+        return out
+
+    def log_likelihood(self, seqs) -> np.ndarray:
+        """Exact log p(x_1..L) per sequence (forward algorithm, scaled), [N] float64."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        N, L = seqs.shape
+        alpha = self.start[None, :] * self.emit[:, seqs[:, 0]].T      # [N, S]
+        ll = np.zeros(N)
+        with np.errstate(divide="ignore", invalid="ignore"):  # impossible sequences: −inf
+            return self._forward(seqs, alpha, ll)
+
+    def _forward(self, seqs, alpha, ll):
+        for i in range(seqs.shape[1]):
+            if i > 0:
+                alpha = (alpha @ self.trans) * self.emit[:, seqs[:, i]].T
+            c = alpha.sum(1)
+            ll += np.log(c)
+            alpha = np.where(c[:, None] > 0, alpha / np.where(c > 0, c, 1.0)[:, None], 0.0)
+        return ll
+
+    def entropy_rate(self, length: int, num: int = 4000, seed: int = 12345):
+        """H(X_1..L)/L in nats per token, estimated as the mean exact NLL of `num` sampled
+        sequences, with its standard error."""
+        nll = -self.log_likelihood(self.sample(num, length, seed)) / length
+        return float(nll.mean()), float(nll.std(ddof=1) / math.sqrt(num))
+
+
+def _pseudo_words(rng, count, suffixes, taken):
+    words = []
+    while len(words) < count:
+        w = rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+        if rng.random() < 0.5:
+            w += rng.choice(_ONSETS[:12]) + rng.choice(_VOWELS)
+        w += rng.choice(suffixes)
+        if w not in taken and 2 < len(w) < 12:
+            taken.add(w)
+            words.append(w)
+    return words
+
+
+def builtin_language(seed: int = 0) -> Language:
+    """The project's language: ~400 words, 14 grammatical states; Zipf-distributed emissions."""
+    rng = np.random.default_rng(seed)
+    taken = {w for ws in _FUNCTION_WORDS.values() for w in ws}
+    vocab = {k: list(v) for k, v in _FUNCTION_WORDS.items()}
+    for cat, size in _CONTENT_SIZES.items():
+        vocab[cat] = _pseudo_words(rng, size, _SUFFIX[cat], taken)
+    words = sorted({w for ws in vocab.values() for w in ws})
+    index = {w: i for i, w in enumerate(words)}
+    names = [s[0] for s in _STATES]
+    S, n = len(names), len(words)
+    trans = np.zeros((S, S))
+    for i, (_, _, nxt) in enumerate(_STATES):
+        for name, w in nxt:
+            trans[i, names.index(name)] = w
+    trans /= trans.sum(1, keepdims=True)
+    emit = np.zeros((S, n))
+    for i, (_, cat, _) in enumerate(_STATES):
+        ws = vocab[cat]
+        order = rng.permutation(len(ws))               # a different Zipf ranking per state
+        zipf = 1.0 / (np.arange(1, len(ws) + 1) ** 1.1)
+        for rank, j in enumerate(order):
+            emit[i, index[ws[j]]] = zipf[rank]
+        emit[i] /= emit[i].sum()
+    # stationary distribution of the state chain
+    evals, evecs = np.linalg.eig(trans.T)
+    start = np.real(evecs[:, np.argmin(np.abs(evals - 1))])
+    start = np.abs(start) / np.abs(start).sum()
+    return Language(words, names, start, trans, emit)
+
+
+class LanguageDataset(torch.utils.data.Dataset):
+    """`num` sequences of the built-in language, generated once from `seed` (train and held-out
+    splits use different seeds)."""
+
+    def __init__(self, lang: Language, num: int, length: int, seed: int):
+        self.lang = lang
+        self.data = torch.from_numpy(lang.sample(num, length, seed))
+
+    def __len__(self):
+        return self.data.shape[0]
+
+    def __getitem__(self, i):
+        return self.data[i]

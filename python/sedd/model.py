@@ -1,0 +1,211 @@
+"""The DDiT network of SEDD.md §5, with the parameter names and shapes of the paper's released
+checkpoints (their state dicts load with strict=True)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int          # V: tokens the network sees (n + 1 with the absorbing mask)
+    hidden_size: int = 768
+    n_blocks: int = 12
+    n_heads: int = 12
+    cond_dim: int = 128
+    dropout: float = 0.1
+    scale_by_sigma: bool = True   # SEDD.md §5, for the absorbing graph
+    max_length: int = 1024
+
+    def to_dict(self):
+        return asdict(self)
+
+
+PRESETS = {
+    # trains on 2 CPU cores in minutes on the built-in language
+    "tiny": dict(hidden_size=128, n_blocks=4, n_heads=4, cond_dim=64, dropout=0.0),
+    # the paper's sizes
+    "small": dict(hidden_size=768, n_blocks=12, n_heads=12, cond_dim=128, dropout=0.1),
+    "medium": dict(hidden_size=1024, n_blocks=24, n_heads=16, cond_dim=128, dropout=0.1),
+}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm without bias, computed in fp32 (as the paper's)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.dim = dim
+
+    def forward(self, x):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = F.layer_norm(x.float(), [self.dim])
+        return x * self.weight[None, None, :]
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (base 10⁴, rotate-half convention)."""
+
+    def __init__(self, dim, base=10_000):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+        self.register_buffer("inv_freq", inv_freq)
+
+    def forward(self, L, device):
+        t = torch.arange(L, device=device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+class TimestepEmbedder(nn.Module):
+    """σ̄ → 256-wide sinusoidal embedding ([cos, sin], frequencies exp(−log(10⁴)·k/128)) → MLP."""
+
+    def __init__(self, hidden_size, frequency_embedding_size=256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+        self.frequency_embedding_size = frequency_embedding_size
+
+    @staticmethod
+    def timestep_embedding(t, dim, max_period=10_000):
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                               device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t):
+        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+
+
+class EmbeddingLayer(nn.Module):
+    def __init__(self, dim, vocab_dim):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty((vocab_dim, dim)))
+        nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
+
+    def forward(self, x):
+        return self.embedding[x]
+
+
+class DDiTBlock(nn.Module):
+    def __init__(self, dim, n_heads, cond_dim, mlp_ratio=4, dropout=0.1):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = LayerNorm(dim)
+        self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.attn_out = nn.Linear(dim, dim, bias=False)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim, bias=True),
+                                 nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_ratio * dim, dim, bias=True))
+        self.dropout = dropout
+        self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim, bias=True)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def _residual(self, x, gate, skip):
+        return skip + gate * F.dropout(x, p=self.dropout, training=self.training)
+
+    def forward(self, x, rotary, c):
+        B, L, D = x.shape
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
+         gate_mlp) = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+        skip = x
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        qkv = self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads)
+        cos, sin = rotary
+        q = apply_rotary(qkv[:, :, 0], cos.to(qkv.dtype), sin.to(qkv.dtype))
+        k = apply_rotary(qkv[:, :, 1], cos.to(qkv.dtype), sin.to(qkv.dtype))
+        v = qkv[:, :, 2]
+        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = h.transpose(1, 2).reshape(B, L, D)
+        x = self._residual(self.attn_out(h), gate_msa, skip)
+        return self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x)
+
+
+class DDitFinalLayer(nn.Module):
+    def __init__(self, hidden_size, out_channels, cond_dim):
+        super().__init__()
+        self.norm_final = LayerNorm(hidden_size)
+        self.linear = nn.Linear(hidden_size, out_channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden_size, bias=True)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DDiT(nn.Module):
+    """x_t [B, L] and σ̄ [B] → log-scores [B, L, V] with ℓ at the current token set to 0."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.hidden_size % config.n_heads:
+            raise ValueError(f"hidden_size {config.hidden_size} is not divisible by n_heads "
+                             f"{config.n_heads}")
+        if config.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {config.vocab_size}")
+        self.config = config
+        H = config.hidden_size
+        self.vocab_embed = EmbeddingLayer(H, config.vocab_size)
+        self.sigma_map = TimestepEmbedder(config.cond_dim)
+        self.rotary_emb = Rotary(H // config.n_heads)
+        self.blocks = nn.ModuleList([DDiTBlock(H, config.n_heads, config.cond_dim,
+                                               dropout=config.dropout)
+                                     for _ in range(config.n_blocks)])
+        self.output_layer = DDitFinalLayer(H, config.vocab_size, config.cond_dim)
+
+    def trunk(self, x, sigma):
+        """Everything up to the output projection: hidden states [B, L, H] and the condition c."""
+        h = self.vocab_embed(x)
+        c = F.silu(self.sigma_map(sigma))
+        rotary = self.rotary_emb(x.shape[1], x.device)
+        for block in self.blocks:
+            h = block(h, rotary, c)
+        return h, c
+
+    def log_score_offset(self, sigma):
+        """What the network adds after the projection (scale_by_sigma): [B] or None."""
+        if not self.config.scale_by_sigma:
+            return None
+        esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        return -torch.log(esigm1) - math.log(self.config.vocab_size - 1)
+
+    def forward(self, x, sigma):
+        h, c = self.trunk(x, sigma)
+        out = self.output_layer(h, c).float()
+        offset = self.log_score_offset(sigma.float())
+        if offset is not None:
+            out = out + offset[:, None, None]
+        return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
+
+    def num_parameters(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.vocab_embed.embedding.numel() + self.output_layer.linear.weight.numel()
+        return n

@@ -1,0 +1,409 @@
+"""The training loop (SEDD.md §4): AdamW with warm-up, gradient clipping, EMA, gradient
+accumulation, bf16 autocast on GPU, periodic eval / samples / checkpoints, CSV + TensorBoard
+metrics, exact resume, and DDP through torchrun (gloo on CPU, NCCL on GPU)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import load_corpus
+from .graphs import get_graph
+from .losses import likelihood_bound, loss_fn
+from .model import PRESETS, DDiT, ModelConfig
+from .noise import get_noise
+from .sampling import sample
+
+# Trainer defaults per preset; every field can be overridden from the command line.
+TRAIN_PRESETS = {
+    "tiny": dict(steps=2400, batch_size=32, seq_len=64, lr=2e-3, warmup=100, ema=0.99,
+                 eval_every=200, save_every=800, sample_every=800, sample_steps=64),
+    "small": dict(steps=400_000, batch_size=512, seq_len=1024, lr=3e-4, warmup=2500, ema=0.9999,
+                  eval_every=5000, save_every=10_000, sample_every=10_000, sample_steps=256,
+                  data="openwebtext", tokenizer="gpt2"),
+    "medium": dict(steps=400_000, batch_size=512, seq_len=1024, lr=3e-4, warmup=2500,
+                   ema=0.9999, eval_every=5000, save_every=10_000, sample_every=10_000,
+                   sample_steps=256, data="openwebtext", tokenizer="gpt2"),
+}
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    data: str = "builtin"
+    tokenizer: str = "gpt2"
+    graph: str = "absorb"
+    noise: str = ""                 # default: loglinear (absorb), geometric (uniform)
+    steps: int = 2400
+    batch_size: int = 32
+    seq_len: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema: float = 0.99
+    accum: int = 1
+    out: str = "runs/sedd"
+    resume: bool = False
+    device: str = ""                # default: cuda if available, else cpu
+    seed: int = 0
+    eval_every: int = 200
+    eval_batches: int = 4
+    save_every: int = 800
+    sample_every: int = 800
+    sample_steps: int = 64
+    log_every: int = 10
+    reference_loss: bool = False    # use sedd_kernels.reference.score_entropy (for comparison)
+    fsdp: bool = False
+    hidden_size: int = 0            # 0: the preset's
+    n_blocks: int = 0
+    n_heads: int = 0
+    cond_dim: int = 0
+    dropout: float = -1.0
+    progress: bool = True
+    final_report: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides):
+        if preset not in TRAIN_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(TRAIN_PRESETS)}, got {preset!r}")
+        values = dict(TRAIN_PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["preset"] = preset
+        cfg = cls(**{k: v for k, v in values.items() if k in {f.name for f in fields(cls)}})
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"bad configuration: {msg}")
+        need(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(self.seq_len >= 1, f"--seq-len must be >= 1, got {self.seq_len}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}")
+        need(self.accum >= 1, f"--accum must be >= 1, got {self.accum}")
+        need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
+        need(self.graph in ("absorb", "uniform"), f"--graph must be absorb or uniform, got {self.graph!r}")
+        need(self.noise in ("", "loglinear", "geometric"),
+             f"--noise must be loglinear or geometric, got {self.noise!r}")
+        need(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        for name in ("eval_every", "save_every", "sample_every", "log_every"):
+            need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        p = dict(PRESETS[self.preset])
+        for k in ("hidden_size", "n_blocks", "n_heads", "cond_dim"):
+            if getattr(self, k) > 0:
+                p[k] = getattr(self, k)
+        if self.dropout >= 0:
+            p["dropout"] = self.dropout
+        return ModelConfig(vocab_size=vocab_size, scale_by_sigma=self.graph == "absorb",
+                           max_length=self.seq_len, **p)
+
+
+def _step_seed(seed: int, *parts: int) -> int:
+    h = seed & 0xFFFFFFFF
+    for p in parts:
+        h = (h * 1_000_003 + p + 0x9E3779B9) & 0x7FFFFFFFFFFF
+    return h
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dev == "cuda" and self.world > 1:
+            dev = f"cuda:{self.local_rank}"
+            torch.cuda.set_device(self.local_rank)
+        self.device = torch.device(dev)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+        torch.manual_seed(cfg.seed)
+        self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed)
+        self.graph = get_graph(cfg.graph, self.corpus.tokenizer.n)
+        noise = cfg.noise or ("loglinear" if cfg.graph == "absorb" else "geometric")
+        self.noise = get_noise(noise)
+        self.model_cfg = cfg.model_config(self.graph.V)
+        self.model = DDiT(self.model_cfg).to(self.device)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+                                     eps=1e-8, weight_decay=0.0)
+        self.step = 0
+        self.ckpt_root = os.path.join(cfg.out, "checkpoints")
+        if cfg.resume:
+            self._resume()
+        self.wrapped = self.model
+        if self.world > 1:
+            if cfg.fsdp:
+                if self.device.type != "cuda":
+                    raise ValueError("--fsdp needs CUDA devices")
+                from torch.distributed.fsdp import FullyShardedDataParallel
+                self.wrapped = FullyShardedDataParallel(self.model)
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+                self.wrapped = DistributedDataParallel(
+                    self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+        self.stop_requested = False
+        self.autocast = self.device.type == "cuda"
+
+    # ---- checkpoints
+    def _config_dict(self):
+        return {"train": {k: v for k, v in asdict(self.cfg).items() if k != "extra"},
+                "model": self.model_cfg.to_dict(), "graph": self.graph.name, "n": self.graph.n,
+                "noise": {"name": self.noise.name, **{k: v for k, v in vars(self.noise).items()}},
+                "data": self.cfg.data}
+
+    def save(self):
+        if not self.is_main:
+            return None
+        state = {"step": self.step, "optimizer": self.opt.state_dict(), "data_position": self.step,
+                 "rng": {"torch": torch.get_rng_state(),
+                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+        return save_checkpoint(self.ckpt_root, self.step, self.model, self.ema_model, state,
+                               self._config_dict())
+
+    def _resume(self):
+        if not os.path.exists(os.path.join(self.ckpt_root, "latest")):
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_root} "
+                                    f"(expected {self.ckpt_root}/latest)")
+        weights, ema, state, _, path = load_checkpoint(self.cfg.out, map_location=self.device)
+        self.model.load_state_dict(weights, strict=True)
+        self.ema_model.load_state_dict(ema, strict=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}")
+
+    # ---- data
+    def batch(self, step: int, micro: int) -> torch.Tensor:
+        """The rank's micro-batch of a step: a permutation per epoch, deterministic in the seed,
+        so that the data position is the step count (exact resume, disjoint ranks)."""
+        cfg, data = self.cfg, self.corpus.train
+        per_step = cfg.batch_size * cfg.accum * self.world
+        start = (step * cfg.accum + micro) * cfg.batch_size * self.world + self.rank * cfg.batch_size
+        N = len(data)
+        idx = []
+        for g in range(start, start + cfg.batch_size):
+            epoch, pos = divmod(g, N)
+            perm = self._perm(epoch, N)
+            idx.append(int(perm[pos]))
+        del per_step
+        return torch.stack([data[i] for i in idx]).to(self.device)
+
+    def _perm(self, epoch, N):
+        cache = getattr(self, "_perm_cache", None)
+        if cache is None or cache[0] != epoch:
+            g = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 7, epoch))
+            self._perm_cache = (epoch, torch.randperm(N, generator=g))
+        return self._perm_cache[1]
+
+    def lr_at(self, step):
+        return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup))
+
+    # ---- one optimizer step
+    def train_step(self):
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.wrapped.train()
+        total = 0.0
+        for micro in range(cfg.accum):
+            seed = _step_seed(cfg.seed, self.step, micro, self.rank)
+            torch.manual_seed(seed)                      # dropout: a function of the step
+            gen = torch.Generator().manual_seed(seed)
+            x0 = self.batch(self.step, micro)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                enabled=self.autocast):
+                loss = loss_fn(self.wrapped, x0, self.graph, self.noise, gen,
+                               use_reference=cfg.reference_loss).mean() / cfg.accum
+            loss.backward()
+            total += float(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            ema_p = list(self.ema_model.parameters())
+            torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()],
+                                 1.0 - cfg.ema)
+        self.step += 1
+        return total, float(grad_norm)
+
+    @torch.no_grad()
+    def eval_loss(self):
+        cfg, data = self.cfg, self.corpus.valid
+        losses = []
+        for b in range(cfg.eval_batches):
+            lo = b * cfg.batch_size
+            if lo >= len(data):
+                break
+            x0 = torch.stack([data[i] for i in range(lo, min(lo + cfg.batch_size, len(data)))])
+            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, 99, b))
+            losses.append(loss_fn(self.ema_model, x0.to(self.device), self.graph, self.noise,
+                                  gen).mean().item())
+        return sum(losses) / max(1, len(losses))
+
+    def samples(self, num=4, steps=None):
+        gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.cfg.seed, 5, self.step))
+        x = sample(self.ema_model, self.graph, self.noise, num, self.cfg.seq_len,
+                   steps or self.cfg.sample_steps, generator=gen, device=self.device)
+        return x, [self.corpus.tokenizer.decode(row.tolist()) for row in x.cpu()]
+
+    # ---- the loop
+    def _handle_signal(self, signum, frame):
+        self.stop_requested = True
+
+    def fit(self):
+        cfg = self.cfg
+        os.makedirs(cfg.out, exist_ok=True)
+        old = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        writer = csv_file = tb = bar = None
+        try:
+            if self.is_main:
+                new = not os.path.exists(os.path.join(cfg.out, "metrics.csv"))
+                csv_file = open(os.path.join(cfg.out, "metrics.csv"), "a", newline="")
+                writer = csv.writer(csv_file)
+                if new:
+                    writer.writerow(["step", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"])
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+                except ImportError:
+                    tb = None
+                if cfg.progress:
+                    try:
+                        from tqdm.auto import tqdm
+                        bar = tqdm(total=cfg.steps, initial=self.step, desc="training")
+                    except ImportError:
+                        bar = None
+                print(f"model: {self.model.num_parameters():,} non-embedding parameters, "
+                      f"V = {self.graph.V}, graph {self.graph.name}, noise {self.noise.name}, "
+                      f"device {self.device}, world {self.world}")
+            tokens_per_step = cfg.batch_size * cfg.accum * cfg.seq_len * self.world
+            t_last, s_last = time.perf_counter(), self.step
+            while self.step < cfg.steps and not self.stop_requested:
+                loss, gnorm = self.train_step()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {self.step}")
+                eval_loss = ""
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    eval_loss = self.eval_loss()
+                if self.is_main and (self.step % cfg.log_every == 0 or eval_loss != ""):
+                    now = time.perf_counter()
+                    tps = tokens_per_step * (self.step - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, self.step
+                    writer.writerow([self.step, f"{loss:.5f}", eval_loss, f"{self.lr_at(self.step - 1):.3g}",
+                                     f"{gnorm:.4f}", f"{tps:.0f}"])
+                    csv_file.flush()
+                    if tb is not None:
+                        tb.add_scalar("loss/train", loss, self.step)
+                        if eval_loss != "":
+                            tb.add_scalar("loss/eval", eval_loss, self.step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}",
+                                        **({"eval": f"{eval_loss:.3f}"} if eval_loss != "" else {}))
+                if bar is not None:
+                    bar.update(1)
+                if self.is_main and self.step % cfg.sample_every == 0:
+                    _, texts = self.samples()
+                    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
+                    with open(os.path.join(cfg.out, "samples", f"step-{self.step:08d}.txt"), "w") as fh:
+                        fh.write("\n\n".join(texts) + "\n")
+                if self.step % cfg.save_every == 0:
+                    self.save()
+            self.save()
+            if self.stop_requested and self.is_main:
+                print(f"\nstopped at step {self.step}; checkpoint saved in {self.ckpt_root}")
+            self._check_ranks_consistent()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if bar is not None:
+                bar.close()
+            if csv_file is not None:
+                csv_file.close()
+            if tb is not None:
+                tb.close()
+        if self.is_main and not self.stop_requested:
+            self._plot()
+            if cfg.final_report:
+                self.report()
+
+    def _check_ranks_consistent(self):
+        if self.world == 1:
+            return
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in self.model.parameters()])
+        mine = torch.tensor([float(flat.sum()), float((flat * flat).sum()),
+                             float(flat[::97].sum())], dtype=torch.float64)
+        allv = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(allv, mine)
+        same = all(torch.equal(allv[0], v) for v in allv)
+        if self.is_main:
+            with open(os.path.join(self.cfg.out, "ranks.txt"), "w") as fh:
+                fh.write(f"world {self.world} step {self.step} identical_weights {same}\n")
+
+    def _plot(self):
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        rows = list(csv.DictReader(open(os.path.join(self.cfg.out, "metrics.csv"))))
+        steps = [int(r["step"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(steps, [float(r["loss"]) for r in rows], label="train")
+        ev = [(int(r["step"]), float(r["eval_loss"])) for r in rows if r["eval_loss"]]
+        if ev:
+            ax.plot(*zip(*ev), "o-", label="eval (EMA)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per sequence)")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.cfg.out, "loss.png"), dpi=100)
+        plt.close(fig)
+
+    def report(self, num_samples=4, bound_sequences=128, timesteps=32):
+        """Samples, and on the built-in corpus the likelihood bound vs the exact entropy."""
+        x, texts = self.samples(num_samples)
+        print("\nsamples:")
+        for t in texts:
+            print("  " + t)
+        lang = self.corpus.language
+        if lang is None:
+            return
+        L = self.cfg.seq_len
+        nll_samples = -lang.log_likelihood(x.cpu().numpy()) / L
+        valid = np.isfinite(nll_samples)
+        data = self.corpus.valid
+        x0 = torch.stack([data[i] for i in range(min(bound_sequences, len(data)))]).to(self.device)
+        bound, prior, se = likelihood_bound(self.ema_model, x0, self.graph, self.noise, timesteps,
+                                            torch.Generator().manual_seed(_step_seed(self.cfg.seed, 11)))
+        exact = -lang.log_likelihood(x0.cpu().numpy())
+        per_tok = bound.mean().item() / L
+        stderr = math.sqrt((bound.var().item() + (se ** 2).mean().item()) / len(bound)) / L
+        print(f"\nheld-out likelihood bound: {per_tok:.4f} ± {stderr:.4f} nats/token "
+              f"(prior term {prior.mean().item() / L:.4f}; {timesteps} stratified timesteps)")
+        print(f"exact NLL of the same sequences: {exact.mean() / L:.4f} nats/token "
+              f"(the language's entropy rate at L = {L}: {lang.entropy_rate(L)[0]:.4f})")
+        print(f"gap: {per_tok - exact.mean() / L:.4f} nats/token")
+        print(f"samples with positive probability under the true language: {valid.sum()}/"
+              f"{len(valid)}" + (f"; their exact NLL: {nll_samples[valid].mean():.3f} nats/token"
+                                 if valid.any() else ""))

@@ -1,0 +1,213 @@
+"""The SEDD model and trainer (issue: python/train.py from a laptop CPU to torchrun): a training
+step lowers the loss, resume is bitwise exact on CPU, two torchrun processes keep identical
+weights, the paper's checkpoint layout loads strictly, the built-in language's exact likelihood,
+GPT-2 tokenization from the shared ranks file, and clear errors for bad input."""
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sedd.checkpoint import CheckpointError, load_checkpoint
+from sedd.graphs import Absorbing, Uniform
+from sedd.language import builtin_language
+from sedd.losses import loss_fn
+from sedd.model import DDiT, ModelConfig, PRESETS
+from sedd.noise import Geometric, LogLinear
+from sedd.trainer import TrainConfig, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+TINY = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.0)
+
+
+def small_cfg(out, **kw):
+    base = dict(steps=6, batch_size=8, seq_len=16, lr=1e-3, warmup=2, ema=0.9, eval_every=1000,
+                save_every=1000, sample_every=1000, log_every=1, out=str(out), progress=False,
+                final_report=False, hidden_size=32, n_blocks=2, n_heads=2, dropout=0.0,
+                device="cpu")
+    base.update(kw)
+    return TrainConfig.from_preset("tiny", **base)
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_training_step_lowers_the_loss(graph):
+    """SEDD.md §4 loss on a fixed batch and fixed noise levels falls under AdamW."""
+    lang = builtin_language()
+    g = Absorbing(lang.n) if graph == "absorb" else Uniform(lang.n)
+    noise = LogLinear() if graph == "absorb" else Geometric()
+    model = DDiT(ModelConfig(vocab_size=g.V, scale_by_sigma=graph == "absorb", **TINY))
+    x0 = torch.from_numpy(lang.sample(16, 24, seed=3))
+    t = torch.linspace(0.05, 0.95, 16, dtype=torch.float64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def loss():
+        return loss_fn(model, x0, g, noise, torch.Generator().manual_seed(0), t=t).mean()
+
+    first = loss().item()
+    for _ in range(15):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert loss().item() < 0.8 * first
+
+
+def test_fused_and_reference_loss_agree():
+    lang = builtin_language()
+    g = Absorbing(lang.n)
+    model = DDiT(ModelConfig(vocab_size=g.V, **TINY))
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.05)
+    x0 = torch.from_numpy(lang.sample(4, 12, seed=1))
+    a = loss_fn(model, x0, g, LogLinear(), torch.Generator().manual_seed(2))
+    b = loss_fn(model, x0, g, LogLinear(), torch.Generator().manual_seed(2), use_reference=True)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    """N steps straight and N/2 + resume + N/2 give bitwise-identical weights on CPU."""
+    from safetensors.torch import load_file
+    Trainer(small_cfg(tmp_path / "straight", steps=6)).fit()
+    Trainer(small_cfg(tmp_path / "split", steps=3)).fit()
+    Trainer(small_cfg(tmp_path / "split", steps=6, resume=True)).fit()
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    e1 = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "ema.safetensors"))
+    e2 = load_file(str(tmp_path / "split" / "checkpoints" / "step-00000006" / "ema.safetensors"))
+    assert all(torch.equal(e1[k], e2[k]) for k in e1)
+
+
+def test_torchrun_two_processes_keep_identical_weights(tmp_path):
+    """`torchrun --nproc_per_node=2 python/train.py` on CPU (gloo, DDP) for a few steps."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "python", "train.py"), "--steps", "3", "--batch-size", "4",
+           "--seq-len", "16", "--hidden-size", "32", "--n-blocks", "2", "--n-heads", "2",
+           "--device", "cpu", "--out", str(out), "--no-progress", "--no-report",
+           "--eval-every", "100", "--save-every", "100", "--sample-every", "100"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (out / "ranks.txt").read_text().split()[-1] == "True"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+
+
+def paper_small_layout(V=50258, H=768, N=12, C=128):
+    """Names and shapes of the paper's released SEDD-small state dict."""
+    spec = {"vocab_embed.embedding": (V, H), "sigma_map.mlp.0.weight": (C, 256),
+            "sigma_map.mlp.0.bias": (C,), "sigma_map.mlp.2.weight": (C, C),
+            "sigma_map.mlp.2.bias": (C,), "rotary_emb.inv_freq": (H // 12 // 2,)}
+    for i in range(N):
+        b = f"blocks.{i}."
+        spec.update({b + "norm1.weight": (H,), b + "attn_qkv.weight": (3 * H, H),
+                     b + "attn_out.weight": (H, H), b + "norm2.weight": (H,),
+                     b + "mlp.0.weight": (4 * H, H), b + "mlp.0.bias": (4 * H,),
+                     b + "mlp.2.weight": (H, 4 * H), b + "mlp.2.bias": (H,),
+                     b + "adaLN_modulation.weight": (6 * H, C), b + "adaLN_modulation.bias": (6 * H,)})
+    spec.update({"output_layer.norm_final.weight": (H,), "output_layer.linear.weight": (V, H),
+                 "output_layer.linear.bias": (V,), "output_layer.adaLN_modulation.weight": (2 * H, C),
+                 "output_layer.adaLN_modulation.bias": (2 * H,)})
+    return spec
+
+
+def test_paper_checkpoint_layout_loads_strictly():
+    spec = paper_small_layout()
+    state = {k: torch.randn(s) * 0.01 for k, s in spec.items()}
+    model = DDiT(ModelConfig(vocab_size=50258, **PRESETS["small"]))
+    model.load_state_dict(state, strict=True)
+    assert 85e6 < model.num_parameters() < 95e6
+
+
+def test_builtin_language_likelihood_matches_enumeration():
+    """The forward algorithm equals the sum over hidden paths, and sums to 1 over all sequences."""
+    lang = builtin_language()
+    seqs = lang.sample(12, 3, seed=4)
+    S = len(lang.states)
+    for x in seqs:
+        total = 0.0
+        for path in itertools.product(range(S), repeat=3):
+            p = lang.start[path[0]] * lang.emit[path[0], x[0]]
+            for i in (1, 2):
+                p *= lang.trans[path[i - 1], path[i]] * lang.emit[path[i], x[i]]
+            total += p
+        assert math.isclose(math.exp(lang.log_likelihood(x[None])[0]), total, rel_tol=1e-10)
+    pairs = np.array(list(itertools.product(range(lang.n), repeat=2)))
+    assert math.isclose(np.exp(lang.log_likelihood(pairs)).sum(), 1.0, rel_tol=1e-9)
+    h, se = lang.entropy_rate(32, num=500)
+    assert 1.0 < h < math.log(lang.n) and se < 0.05
+
+
+def test_builtin_language_round_trips_text():
+    lang = builtin_language()
+    x = lang.sample(2, 40, seed=0)
+    for row in x:
+        assert lang.encode(lang.decode(row)) == row.tolist()
+    with pytest.raises(ValueError, match="not in the built-in language"):
+        lang.encode("the qwzx")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED, "gpt2.tiktoken")),
+                    reason="../shared/data/gpt2.tiktoken is absent")
+def test_gpt2_tokenizer_from_the_shared_ranks_file():
+    pytest.importorskip("tiktoken", reason="tiktoken is a `train` extra")
+    from sedd.data import get_tokenizer
+    tok = get_tokenizer("gpt2:" + os.path.join(SHARED, "gpt2.tiktoken"))
+    ids = tok.encode("Hello world, this is a test.")
+    assert ids == [15496, 995, 11, 428, 318, 257, 1332, 13]
+    assert tok.decode(ids) == "Hello world, this is a test."
+    assert tok.eos == 50256 and tok.n == 50257
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED, "shakespeare.txt")),
+                    reason="../shared/data/shakespeare.txt is absent")
+def test_text_file_corpus_is_tokenized_once(tmp_path):
+    from sedd.data import load_corpus
+    text = open(os.path.join(SHARED, "shakespeare.txt"), encoding="utf-8").read()[:200_000]
+    f = tmp_path / "plays.txt"
+    f.write_text(text)
+    c = load_corpus(str(f), "char", 64)
+    caches = list(tmp_path.glob("tokens-*.u32"))
+    assert len(caches) == 1 and len(c.train) > 100
+    assert c.tokenizer.decode(c.train[0].tolist()) == "".join(
+        ch for ch in text.lower() if ch in c.tokenizer.index)[:64]
+    mtime = caches[0].stat().st_mtime_ns
+    load_corpus(str(f), "char", 64)
+    assert caches[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", 0, "--steps must be >= 1"), ("batch_size", 0, "--batch-size"),
+    ("lr", -1.0, "--lr must be > 0"), ("ema", 1.5, "--ema"), ("graph", "masked", "--graph"),
+    ("accum", 0, "--accum")])
+def test_bad_config(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_preset("tiny", **{field: value})
+    with pytest.raises(ValueError, match="preset must be one of"):
+        TrainConfig.from_preset("huge")
+
+
+def test_cli_rejects_bad_values(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "train.py"), "--steps", "0",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--steps must be >= 1" in r.stderr
+
+
+def test_corrupt_or_missing_checkpoints(tmp_path):
+    Trainer(small_cfg(tmp_path / "run", steps=2)).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(str(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(small_cfg(tmp_path / "empty", resume=True))
+    # a failed resume never touched the last good pointer
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
