@@ -211,3 +211,26 @@ def test_corrupt_or_missing_checkpoints(tmp_path):
         Trainer(small_cfg(tmp_path / "empty", resume=True))
     # a failed resume never touched the last good pointer
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def test_sampler_keeps_given_positions_and_never_outputs_the_mask(graph, predictor):
+    from sedd.sampling import sample
+    lang = builtin_language()
+    g = Absorbing(lang.n) if graph == "absorb" else Uniform(lang.n)
+    noise = LogLinear() if graph == "absorb" else Geometric()
+    torch.manual_seed(0)
+    model = DDiT(ModelConfig(vocab_size=g.V, scale_by_sigma=graph == "absorb", **TINY))
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    tokens = torch.from_numpy(lang.sample(1, 20, seed=1))
+    given = torch.zeros(1, 20, dtype=torch.bool)
+    given[0, :5] = True
+    given[0, 12:14] = True
+    a = sample(model, g, noise, 6, 20, 16, predictor, condition=(tokens, given),
+               generator=torch.Generator().manual_seed(3))
+    b = sample(model, g, noise, 6, 20, 16, predictor, condition=(tokens, given),
+               generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert (a[:, given[0]] == tokens[0, given[0]]).all()
+    assert ((a >= 0) & (a < lang.n)).all()          # in particular never the mask id
