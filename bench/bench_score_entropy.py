@@ -7,25 +7,19 @@ Absorbing batches have every position masked (every row is read: the most work p
 Bytes moved: forward 1× the log-score tensor (one read); forward+backward 3× (read in the
 forward, read + gradient write in the backward)."""
 
-import os
-
 import pytest
 import torch
 
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, record, sync
+from conftest import DEVICES, batch_size, record, sync
 
 V, L = 50258, 1024
 GRAPHS = ["absorb", "uniform"]
 DTYPES = [torch.float32, torch.bfloat16]
 IMPLS = ["fused", "reference", "compiled"]
 _COMPILED = {}
-
-
-def batch_size(device):
-    return int(os.environ.get("SEDD_BENCH_B", 8 if device == "cuda" else 2))
 
 
 def make_inputs(device, dtype, graph):

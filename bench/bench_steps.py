@@ -7,23 +7,17 @@ Cases: absorbing with every position masked, absorbing with half masked (unmaske
 nothing), uniform. GB/s counts one read of the log-scores of the rows that can move (the floor),
 as a fraction of a same-size copy timed in the same run."""
 
-import os
-
 import pytest
 import torch
 
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, record, sync
+from conftest import DEVICES, batch_size, record, sync
 
 V, L = 50258, 1024
 CASES = ["absorb-all", "absorb-half", "uniform"]
 _COMPILED = {}
-
-
-def batch_size(device):
-    return int(os.environ.get("SEDD_BENCH_B", 8 if device == "cuda" else 2))
 
 
 def make_inputs(device, dtype, case):

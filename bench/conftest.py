@@ -19,6 +19,11 @@ RESULTS = []  # rows: dict(op, device, dtype, case, impl, pass_, median_s, bytes
 _COPY = {}
 
 
+def batch_size(device):
+    """B of the [B, 1024, 50258] benchmarks: 2 on CPU, 8 on GPU, or SEDD_BENCH_B."""
+    return int(os.environ.get("SEDD_BENCH_B", 8 if device == "cuda" else 2))
+
+
 def sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

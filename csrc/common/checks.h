@@ -74,6 +74,16 @@ inline void check_token_tensor(const char* op, const at::Tensor& t, const char* 
                     " must have shape [B, L] = [", B, ", ", L, "], got ", shape_str(t));
 }
 
+// log-scores: [B, L, V] in one of the kernels' dtypes.
+inline void check_log_score(const char* op, const at::Tensor& t) {
+  SEDD_CHECK_VALUE(t.dim() == 3, op, ": log_score must have shape [B, L, V], got ", t.dim(),
+                   " dimensions ", shape_str(t));
+  const auto dt = t.scalar_type();
+  SEDD_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
+                  op, ": log_score must be float32, bfloat16, float16 or float64, got ",
+                  dtype_str(t));
+}
+
 inline void check_floating(const char* op, const at::Tensor& t, const char* name) {
   SEDD_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
                    " must be a floating-point tensor, got ", dtype_str(t));

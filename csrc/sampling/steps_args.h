@@ -6,6 +6,8 @@
 #include "../common/checks.h"
 #include "steps.h"
 
+#include <vector>
+
 namespace sedd {
 namespace steps {
 
@@ -30,12 +32,7 @@ inline StepArgs check_step_args(const char* op, const at::Tensor& log_score, con
   StepArgs a;
   a.graph = parse_graph(op, graph);
   a.kind = parse_kind(op, kind);
-  SEDD_CHECK_VALUE(log_score.dim() == 3, op, ": log_score must have shape [B, L, V], got ",
-                   shape_str(log_score));
-  const auto dt = log_score.scalar_type();
-  SEDD_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
-                  op, ": log_score must be float32, bfloat16, float16 or float64, got ",
-                  dtype_str(log_score));
+  check_log_score(op, log_score);
   a.B = log_score.size(0);
   a.L = log_score.size(1);
   a.V = log_score.size(2);
@@ -61,6 +58,44 @@ inline StepArgs check_step_args(const char* op, const at::Tensor& log_score, con
     check_same_device(op, log_score, "log_score", *frozen, "frozen");
   }
   return a;
+}
+
+// perturb: x_0 int64 [B, L], sigma floating [B] on its device, num_tokens large enough.
+inline Graph check_perturb_args(const char* op, const at::Tensor& x_0, const at::Tensor& sigma,
+                                c10::string_view graph, int64_t num_tokens) {
+  const Graph g = parse_graph(op, graph);
+  SEDD_CHECK_TYPE(x_0.scalar_type() == at::kLong, op, ": x_0 must be an int64 tensor, got ",
+                  dtype_str(x_0));
+  SEDD_CHECK_VALUE(x_0.dim() == 2, op, ": x_0 must have shape [B, L], got ", shape_str(x_0));
+  check_floating(op, sigma, "sigma");
+  SEDD_CHECK_VALUE(sigma.dim() == 1 && sigma.size(0) == x_0.size(0), op,
+                   ": sigma must have shape [B] = [", x_0.size(0), "], got ", shape_str(sigma));
+  check_same_device(op, x_0, "x_0", sigma, "sigma");
+  SEDD_CHECK_VALUE(num_tokens >= (g == Graph::kAbsorb ? 2 : 1), op,
+                   ": num_tokens must be >= 2 (absorb) or >= 1 (uniform), got ", num_tokens);
+  return g;
+}
+
+// sample_categorical: weights [..., V] floating, viewed as [R, V] rows with unit stride on V
+// (a view where possible, e.g. broadcast rows), and the output [...] int64.
+struct CategoricalRows {
+  at::Tensor rows, out;
+};
+
+inline CategoricalRows categorical_rows(const char* op, const at::Tensor& weights) {
+  SEDD_CHECK_VALUE(weights.dim() >= 1, op, ": weights must have shape [..., V], got a 0-d tensor");
+  check_floating(op, weights, "weights");
+  const int64_t V = weights.size(-1);
+  SEDD_CHECK_VALUE(V < (int64_t(1) << 31), op, ": weights must have V < 2^31, got ", V);
+  const int64_t R = V == 0 ? 0 : weights.numel() / V;
+  std::vector<int64_t> oshape(weights.sizes().begin(), weights.sizes().end() - 1);
+  CategoricalRows c;
+  c.out = at::empty(oshape, weights.options().dtype(at::kLong));
+  if (R == 0) return c;
+  SEDD_CHECK_VALUE(V >= 1, op, ": weights must have V >= 1 categories");
+  c.rows = weights.reshape({R, V});
+  if (V > 1 && c.rows.stride(1) != 1) c.rows = c.rows.contiguous();
+  return c;
 }
 
 }  // namespace steps

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "../common/cuda_rows.cuh"
+
 #include "../common/fastmath.h"
 #include "steps.h"
 #include "steps_ops.h"
@@ -21,7 +23,7 @@ namespace sedd {
 namespace {
 
 using steps::Best;
-constexpr int kBlock = 256;
+constexpr int kBlock = kRowBlock;
 
 template <int TPR>
 __device__ __forceinline__ double row_sum_d(double v, double* smem) {
@@ -189,14 +191,6 @@ __global__ void perturb_kernel(const int64_t* __restrict__ x0, const double* __r
                                              : steps::perturb_one(g, x, s, V, seed, offset, r);
 }
 
-template <typename Launch>
-void launch_rows(int64_t rows, int64_t V, Launch&& launch) {
-  if (V >= 1024) {
-    launch(std::integral_constant<int, kBlock>{}, rows);
-  } else {
-    launch(std::integral_constant<int, 32>{}, (rows + kBlock / 32 - 1) / (kBlock / 32));
-  }
-}
 
 }  // namespace
 

@@ -17,11 +17,7 @@ inline Args check_args(const char* op, const at::Tensor& log_score, const at::Te
                        const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
   Args a;
   a.graph = parse_graph(op, graph);
-  SEDD_CHECK_VALUE(log_score.dim() == 3, op, ": log_score must have shape [B, L, V], got ",
-                    log_score.dim(), " dimensions ", shape_str(log_score));
-  const auto dt = log_score.scalar_type();
-  SEDD_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
-                   op, ": log_score must be float32, bfloat16, float16 or float64, got ", dtype_str(log_score));
+  check_log_score(op, log_score);
   a.B = log_score.size(0);
   a.L = log_score.size(1);
   a.V = log_score.size(2);

@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
+
+#include "../common/cuda_rows.cuh"
 #include <limits>
 
 #include "score_entropy.h"
@@ -20,7 +22,7 @@
 namespace sedd {
 namespace {
 
-constexpr int kBlock = 256;
+constexpr int kBlock = kRowBlock;
 
 template <typename T>
 struct alignas(16) Pack {
@@ -205,14 +207,6 @@ se_backward_kernel(const double* __restrict__ gout, const T* __restrict__ base, 
       [&](int y, T raw) { return se::grad_at<A>(y, exp_acc(static_cast<A>(raw)), k); });
 }
 
-template <typename Launch>
-void launch_rows(int64_t rows, int64_t V, Launch&& launch) {
-  if (V >= 1024) {
-    launch(std::integral_constant<int, kBlock>{}, rows);
-  } else {
-    launch(std::integral_constant<int, 32>{}, (rows + kBlock / 32 - 1) / (kBlock / 32));
-  }
-}
 
 }  // namespace
 
