@@ -180,6 +180,12 @@ def test_text_file_corpus_is_tokenized_once(tmp_path):
     mtime = caches[0].stat().st_mtime_ns
     load_corpus(str(f), "char", 64)
     assert caches[0].stat().st_mtime_ns == mtime
+    # a byte-level BPE trained with `tokenizers` on the corpus, cached beside it
+    pytest.importorskip("tokenizers", reason="tokenizers is a `train` extra")
+    c = load_corpus(str(f), "bpe:400", 32)
+    assert len(list(tmp_path.glob("bpe-400-*.json"))) == 1
+    assert c.tokenizer.n <= 400 and len(c.train) > 10
+    assert c.tokenizer.decode(c.tokenizer.encode("To be, or not to be")) == "To be, or not to be"
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -197,6 +203,36 @@ def test_cli_rejects_bad_values(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "train.py"), "--steps", "0",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--steps must be >= 1" in r.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
+    """SIGTERM stops the run after the current step with a checkpoint; --resume continues."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "python", "train.py"), "--steps", "100000",
+           "--batch-size", "4", "--seq-len", "16", "--hidden-size", "32", "--n-blocks", "2",
+           "--n-heads", "2", "--device", "cpu", "--out", str(out), "--no-progress", "--no-report",
+           "--eval-every", "100000", "--save-every", "100000", "--sample-every", "100000",
+           "--log-every", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log
+    assert "stopped at step" in log
+    name = (out / "checkpoints" / "latest").read_text().strip()
+    step = int(name.split("-")[1])
+    assert step >= 3
+    cfg = small_cfg(out, steps=step + 2, batch_size=4, resume=True)
+    t = Trainer(cfg)
+    assert t.step == step
+    t.fit()
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
 
 
 def test_corrupt_or_missing_checkpoints(tmp_path):
