@@ -196,7 +196,6 @@ class Trainer:
         """The rank's micro-batch of a step: a permutation per epoch, deterministic in the seed,
         so that the data position is the step count (exact resume, disjoint ranks)."""
         cfg, data = self.cfg, self.corpus.train
-        per_step = cfg.batch_size * cfg.accum * self.world
         start = (step * cfg.accum + micro) * cfg.batch_size * self.world + self.rank * cfg.batch_size
         N = len(data)
         idx = []
@@ -204,7 +203,6 @@ class Trainer:
             epoch, pos = divmod(g, N)
             perm = self._perm(epoch, N)
             idx.append(int(perm[pos]))
-        del per_step
         return torch.stack([data[i] for i in idx]).to(self.device)
 
     def _perm(self, epoch, N):
