@@ -24,7 +24,8 @@ def parse_args(argv=None):
     a("--data", help="builtin (default for tiny), a text file or folder, or a datasets name "
                      "(openwebtext, wikitext2, wikitext103, ptb, lm1b, lambada, text8)")
     a("--tokenizer", help="gpt2, gpt2:PATH.tiktoken, bpe[:N], char, or a path (ignored for builtin)")
-    a("--graph", choices=["absorb", "uniform"], help="forward process (default absorb)")
+    a("--graph", help="forward process: absorb (default), uniform, or general:PATH (a [V, V] rate "
+                      "matrix Q saved with torch.save or as .npy; Q[y, x] = rate x -> y)")
     a("--noise", choices=["loglinear", "geometric"], help="noise schedule (default by graph)")
     a("--steps", type=int, help="total optimizer steps of the run (resume continues to it)")
     a("--batch-size", type=int, help="sequences per optimizer step and process (before --accum)")

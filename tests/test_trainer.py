@@ -270,3 +270,22 @@ def test_sampler_keeps_given_positions_and_never_outputs_the_mask(graph, predict
     assert torch.equal(a, b)
     assert (a[:, given[0]] == tokens[0, given[0]]).all()
     assert ((a >= 0) & (a < lang.n)).all()          # in particular never the mask id
+
+
+def test_training_with_a_general_rate_matrix(tmp_path):
+    """--graph general:PATH trains on a user's Q (here a random one over the built-in words)
+    through GeneralGraph and samples from it."""
+    from sedd.sampling import sample
+    V = builtin_language().n
+    g = torch.Generator().manual_seed(0)
+    Q = torch.rand(V, V, generator=g, dtype=torch.float64) / V
+    Q.fill_diagonal_(0)
+    Q -= torch.diag(Q.sum(0))
+    torch.save(Q, tmp_path / "Q.pt")
+    cfg = small_cfg(tmp_path / "run", steps=3, batch_size=4, seq_len=8,
+                    graph=f"general:{tmp_path / 'Q.pt'}", noise="geometric")
+    t = Trainer(cfg)
+    t.fit()
+    assert t.graph.name == "general" and not t.model.config.scale_by_sigma
+    x = sample(t.ema_model, t.graph, t.noise, 2, 8, 4, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (2, 8) and ((x >= 0) & (x < V)).all()

@@ -94,7 +94,8 @@ class TrainConfig:
         need(self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}")
         need(self.accum >= 1, f"--accum must be >= 1, got {self.accum}")
         need(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
-        need(self.graph in ("absorb", "uniform"), f"--graph must be absorb or uniform, got {self.graph!r}")
+        need(self.graph in ("absorb", "uniform") or self.graph.startswith("general:"),
+             f"--graph must be absorb, uniform or general:PATH, got {self.graph!r}")
         need(self.noise in ("", "loglinear", "geometric"),
              f"--noise must be loglinear or geometric, got {self.noise!r}")
         need(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
@@ -137,6 +138,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed)
         self.graph = get_graph(cfg.graph, self.corpus.tokenizer.n)
+        if self.graph.V < self.corpus.tokenizer.n:
+            raise ValueError(f"--graph {cfg.graph}: Q has {self.graph.V} states but the tokenizer "
+                             f"has {self.corpus.tokenizer.n} tokens")
         noise = cfg.noise or ("loglinear" if cfg.graph == "absorb" else "geometric")
         self.noise = get_noise(noise)
         self.model_cfg = cfg.model_config(self.graph.V)
@@ -165,7 +169,7 @@ class Trainer:
     # ---- checkpoints
     def _config_dict(self):
         return {"train": {k: v for k, v in asdict(self.cfg).items() if k != "extra"},
-                "model": self.model_cfg.to_dict(), "graph": self.graph.name, "n": self.graph.n,
+                "model": self.model_cfg.to_dict(), "graph": self.cfg.graph, "n": self.graph.n,
                 "noise": {"name": self.noise.name, **{k: v for k, v in vars(self.noise).items()}},
                 "data": self.cfg.data}
 
