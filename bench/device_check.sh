@@ -33,7 +33,7 @@ timeout 120 "$PY" -m pytest tests -v -p no:cacheprovider -k "test_bad_input" \
   2>&1 | tee "$OUT/tests_bad_input.log" | grep -E "FAIL|Error|Fatal|passed|failed" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-for suite in score_entropy steps train; do
+for suite in score_entropy steps sampling train; do
   echo "== benchmarks (CUDA): $suite"
   SEDD_BENCH_DEVICES=cuda SEDD_BENCH_JSON="$OUT/bench_$suite.json" timeout 200 "$PY" -m pytest \
     "bench/bench_$suite.py" --benchmark-only -q -p no:cacheprovider \

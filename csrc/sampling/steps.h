@@ -140,19 +140,25 @@ namespace steps {
 // Forward perturbation of one position (SEDD.md §1): with probability 1 − e^{−σ} the token is
 // replaced, by the mask (absorbing; the mask stays the mask) or by a uniform token of [0, V)
 // (uniform; it may equal x0). Bits: column 0 decides, columns 16 and 32 give 64 bits for the token.
-SEDD_HOST_DEVICE int64_t perturb_one(Graph g, int64_t x0, double sigma, int64_t V, uint64_t seed,
-                                     uint64_t offset, uint64_t row) {
-  const philox::Ctr c = philox::philox4x32_10(philox::make_ctr(0, row, offset),
-                                              philox::make_key(seed, offset));
-  const double u = philox::uniform(c.c0);  // columns 0, 16, 32 are words 0, 1, 2 of call 0
-  if (!(u < -::expm1(-sigma))) return x0;
+// The decision from the words of call 0 of the row (w0 decides, w1:w2 give the token) and the
+// move probability p_move = 1 − e^{−σ}.
+SEDD_HOST_DEVICE int64_t perturb_from_bits(Graph g, int64_t x0, double p_move, int64_t V,
+                                           uint32_t w0, uint32_t w1, uint32_t w2) {
+  if (!(philox::uniform(w0) < p_move)) return x0;
   if (g == Graph::kAbsorb) return V - 1;
-  const uint64_t r64 = (static_cast<uint64_t>(c.c1) << 32) | c.c2;
+  const uint64_t r64 = (static_cast<uint64_t>(w1) << 32) | w2;
 #if defined(__CUDA_ARCH__)
   return static_cast<int64_t>(__umul64hi(r64, static_cast<uint64_t>(V)));
 #else
   return static_cast<int64_t>((static_cast<unsigned __int128>(r64) * static_cast<uint64_t>(V)) >> 64);
 #endif
+}
+
+SEDD_HOST_DEVICE int64_t perturb_one(Graph g, int64_t x0, double sigma, int64_t V, uint64_t seed,
+                                     uint64_t offset, uint64_t row) {
+  const philox::Ctr c = philox::philox4x32_10(philox::make_ctr(0, row, offset),
+                                              philox::make_key(seed, offset));
+  return perturb_from_bits(g, x0, -::expm1(-sigma), V, c.c0, c.c1, c.c2);
 }
 
 }  // namespace steps

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 #include <limits>
+#include <vector>
 #include <type_traits>
 
 #include "../common/cpu_rows.h"
@@ -25,26 +26,32 @@ using steps::Plan;
 
 // Philox for the 16 lanes of 64-column block `blk` of a row: out[w][k] is column 64·blk + 16w + k
 // (the mapping of philox.h), computed kVecLen lanes at a time.
+// Ten Philox rounds on kVecLen counters at once (philox.h's philox4x32_10, lane by lane).
+void philox_lanes(cpu::vuint& c0, cpu::vuint& c1, cpu::vuint& c2, cpu::vuint& c3,
+                  philox::Key key) {
+  using cpu::vuint;
+  uint32_t k0 = key.k0, k1 = key.k1;
+  for (int i = 0; i < 10; ++i) {
+    const vuint hi0 = cpu::vmulhi(c0, philox::kM0), lo0 = c0 * philox::kM0;
+    const vuint hi1 = cpu::vmulhi(c2, philox::kM1), lo1 = c2 * philox::kM1;
+    const vuint n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += philox::kW0;
+    k1 += philox::kW1;
+  }
+}
+
 void philox_block(uint64_t seed, uint64_t offset, uint64_t row, uint64_t blk,
                   uint32_t out[4][16]) {
   using cpu::vuint;
-  const philox::Key key = philox::make_key(seed, offset);
   for (int g = 0; g < 16; g += kVecLen) {
     vuint c0, c1 = vuint{} + static_cast<uint32_t>(row);
     vuint c2 = vuint{} + static_cast<uint32_t>(row >> 32), c3 = vuint{} + static_cast<uint32_t>(offset);
     for (int k = 0; k < kVecLen; ++k) c0[k] = static_cast<uint32_t>(blk * 16 + g + k);
-    uint32_t k0 = key.k0, k1 = key.k1;
-    for (int i = 0; i < 10; ++i) {
-      const vuint hi0 = cpu::vmulhi(c0, philox::kM0), lo0 = c0 * philox::kM0;
-      const vuint hi1 = cpu::vmulhi(c2, philox::kM1), lo1 = c2 * philox::kM1;
-      const vuint n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-      c0 = n0;
-      c1 = lo1;
-      c2 = n2;
-      c3 = lo0;
-      k0 += philox::kW0;
-      k1 += philox::kW1;
-    }
+    philox_lanes(c0, c1, c2, c3, philox::make_key(seed, offset));
     std::memcpy(out[0] + g, &c0, sizeof c0);
     std::memcpy(out[1] + g, &c1, sizeof c1);
     std::memcpy(out[2] + g, &c2, sizeof c2);
@@ -252,8 +259,24 @@ at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::stri
   at::Tensor out = at::empty({B, L}, x_0.options());
   int64_t* po = out.data_ptr<int64_t>();
   const uint64_t useed = static_cast<uint64_t>(seed), uoff = static_cast<uint64_t>(offset);
+  std::vector<double> p_move(B);
+  for (int64_t b = 0; b < B; ++b) p_move[b] = -std::expm1(-sp[b]);
+  const philox::Key key = philox::make_key(useed, uoff);
   at::parallel_for(0, B * L, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
+    int64_t r = begin;
+    for (; r + kVecLen <= end; r += kVecLen) {  // call 0 of kVecLen rows at once
+      cpu::vuint c0{}, c1, c2, c3 = cpu::vuint{} + static_cast<uint32_t>(uoff);
+      for (int k = 0; k < kVecLen; ++k) {
+        c1[k] = static_cast<uint32_t>(r + k);
+        c2[k] = static_cast<uint32_t>(static_cast<uint64_t>(r + k) >> 32);
+      }
+      philox_lanes(c0, c1, c2, c3, key);
+      for (int k = 0; k < kVecLen; ++k) {
+        po[r + k] = steps::perturb_from_bits(g, xp[r + k], p_move[(r + k) / L], V, c0[k], c1[k],
+                                             c2[k]);
+      }
+    }
+    for (; r < end; ++r) {
       po[r] = steps::perturb_one(g, xp[r], sp[r / L], V, useed, uoff, static_cast<uint64_t>(r));
     }
   });
