@@ -48,6 +48,9 @@ def parse_args(argv=None):
     a("--n-blocks", type=int, help="override the preset's number of blocks")
     a("--n-heads", type=int, help="override the preset's number of heads")
     a("--dropout", type=float, help="override the preset's dropout")
+    a("--parametrisation", choices=["score", "clean"],
+      help="score (default): the paper's sigma-conditioned network; clean: time-independent "
+           "absorbing model, log p(y | x) turned into scores analytically (exact sampling cache)")
     a("--reference-loss", action="store_true", help="plain-PyTorch loss instead of the fused kernel")
     a("--fsdp", action="store_true", help="FullyShardedDataParallel instead of DDP (GPUs, torchrun)")
     a("--no-progress", action="store_true", help="no progress bar")

@@ -21,9 +21,28 @@ class ModelConfig:
     dropout: float = 0.1
     scale_by_sigma: bool = True   # SEDD.md §5, for the absorbing graph
     max_length: int = 1024
+    # "score": the paper's σ-conditioned network (SEDD.md §5). "clean": the time-independent
+    # parametrisation of the absorbing graph (DDiT.clean_log_probs): the network ignores σ and
+    # outputs log p(y | x) over the n real tokens, turned into log-scores analytically.
+    parametrisation: str = "score"
+
+    def __post_init__(self):
+        if self.parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got "
+                             f"{self.parametrisation!r}")
+        if self.parametrisation == "clean" and not self.scale_by_sigma:
+            raise ValueError("parametrisation='clean' is for the absorbing graph only "
+                             "(scale_by_sigma=True)")
+
+    @property
+    def time_independent(self) -> bool:
+        return self.parametrisation == "clean"
 
     def to_dict(self):
         return asdict(self)
+
+
+PARAMETRISATIONS = ("score", "clean")
 
 
 PRESETS = {
@@ -180,9 +199,20 @@ class DDiT(nn.Module):
                                      for _ in range(config.n_blocks)])
         self.output_layer = DDitFinalLayer(H, config.vocab_size, config.cond_dim)
 
+    @property
+    def time_independent(self) -> bool:
+        """True for the "clean" parametrisation: the output depends on x only, up to the
+        analytic σ shift of log_score_from_clean (what the sampler's exact cache relies on)."""
+        return self.config.time_independent
+
     def trunk(self, x, sigma):
-        """Everything up to the output projection: hidden states [B, L, H] and the condition c."""
+        """Everything up to the output projection: hidden states [B, L, H] and the condition c.
+        Time-independent ("clean"): σ is ignored and c = SiLU(sigma_map(0)) for every input, a
+        learned constant, so the adaLN layers become learned constant modulations (the parameter
+        layout stays the paper's)."""
         h = self.vocab_embed(x)
+        if self.time_independent:
+            sigma = torch.zeros(x.shape[0], device=x.device)
         c = F.silu(self.sigma_map(sigma))
         rotary = self.rotary_emb(x.shape[1], x.device)
         for block in self.blocks:
@@ -190,13 +220,41 @@ class DDiT(nn.Module):
         return h, c
 
     def log_score_offset(self, sigma):
-        """What the network adds after the projection (scale_by_sigma): [B] or None."""
+        """What the network adds after the projection (scale_by_sigma): [B] or None.
+        Time-independent ("clean"): −log expm1(σ), added to log p(y | x), i.e. after the
+        log-softmax of clean_log_probs (not to the raw projection)."""
         if not self.config.scale_by_sigma:
             return None
         esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        if self.time_independent:
+            return -torch.log(esigm1)
         return -torch.log(esigm1) - math.log(self.config.vocab_size - 1)
 
+    def clean_log_probs(self, x):
+        """Time-independent parametrisation of the absorbing graph (mask M = V − 1): the network
+        on x alone, [B, L, V] float32, with log p(y | x) = log_softmax over the n = V − 1 real
+        tokens in columns y < M (the mask logit excluded) and 0 in column M. Depends on x only."""
+        if not self.time_independent:
+            raise ValueError("clean_log_probs needs parametrisation='clean'")
+        h, c = self.trunk(x, None)
+        out = self.output_layer(h, c).float()
+        return torch.cat([torch.log_softmax(out[..., :-1], dim=-1),
+                          torch.zeros_like(out[..., -1:])], dim=-1)
+
+    def log_score_from_clean(self, log_probs, x, sigma):
+        """Log-scores [B, L, V] from clean_log_probs(x) at total noise σ [B]. At a masked
+        position the absorbing concrete score is p_t(x with x_i = y) / p_t(x) =
+        e^{−σ} p(y | x) / (1 − e^{−σ}), so ℓ_y = log p(y | x) − log expm1(σ) for y < M, and
+        ℓ_M = 0 (the current token), as usual. Rows of unmasked positions hold the same shifted
+        values (ℓ_x = 0, −log expm1(σ) in the mask column); neither the absorbing loss nor the
+        absorbing steps read them. Cheap: the
+        sampler's cache calls this alone when x has not changed."""
+        out = log_probs + self.log_score_offset(sigma.float())[:, None, None]
+        return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
+
     def forward(self, x, sigma):
+        if self.time_independent:
+            return self.log_score_from_clean(self.clean_log_probs(x), x, sigma)
         h, c = self.trunk(x, sigma)
         out = self.output_layer(h, c).float()
         offset = self.log_score_offset(sigma.float())

@@ -63,6 +63,7 @@ class TrainConfig:
     sample_steps: int = 64
     log_every: int = 10
     reference_loss: bool = False    # use sedd_kernels.reference.score_entropy (for comparison)
+    parametrisation: str = "score"  # "clean": time-independent absorbing model (ModelConfig)
     fsdp: bool = False
     hidden_size: int = 0            # 0: the preset's
     n_blocks: int = 0
@@ -99,6 +100,10 @@ class TrainConfig:
         need(self.noise in ("", "loglinear", "geometric"),
              f"--noise must be loglinear or geometric, got {self.noise!r}")
         need(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        need(self.parametrisation in ("score", "clean"),
+             f"--parametrisation must be score or clean, got {self.parametrisation!r}")
+        need(self.parametrisation == "score" or self.graph == "absorb",
+             f"--parametrisation clean needs --graph absorb, got {self.graph!r}")
         for name in ("eval_every", "save_every", "sample_every", "log_every"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
 
@@ -110,7 +115,7 @@ class TrainConfig:
         if self.dropout >= 0:
             p["dropout"] = self.dropout
         return ModelConfig(vocab_size=vocab_size, scale_by_sigma=self.graph == "absorb",
-                           max_length=self.seq_len, **p)
+                           max_length=self.seq_len, parametrisation=self.parametrisation, **p)
 
 
 def _step_seed(seed: int, *parts: int) -> int:
