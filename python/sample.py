@@ -33,12 +33,15 @@ def main(argv=None):
     p.add_argument("--out", default="samples.jsonl", help="JSON lines with tokens and text")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--no-cache", action="store_true",
+                   help="call the network at every step even for a time-independent ('clean') "
+                        "model (the cache is exact: same samples, fewer network calls)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.num_samples < 1:
         p.error("--steps and --num-samples must be >= 1")
     try:
         model, graph, noise, tok, cfg = load_for_inference(args.checkpoint, args.device, not args.no_ema)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"sample.py: {e}")
     length = args.length or cfg.get("train", {}).get("seq_len") or model.config.max_length
     condition = None
@@ -50,8 +53,11 @@ def main(argv=None):
             sys.exit(f"sample.py: {e}")
         condition = (tokens, given)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    x = sample(model, graph, noise, args.num_samples, length, args.steps, args.predictor,
-               condition=condition, generator=gen, device=args.device, progress=True)
+    x, stats = sample(model, graph, noise, args.num_samples, length, args.steps, args.predictor,
+                      condition=condition, generator=gen, device=args.device, progress=True,
+                      cache=not args.no_cache, return_stats=True)
+    print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
+          + (" (exact cache)" if stats.cached else ""), file=sys.stderr)
     with open(args.out, "w") as fh:
         for row in x.cpu().tolist():
             text = tok.decode(row)

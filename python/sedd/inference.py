@@ -17,10 +17,15 @@ BLANK = re.compile(r"\[(_+)(?::(\d+))?\]")
 
 
 def load_for_inference(checkpoint: str, device="cpu", use_ema=True):
-    """(model, graph, noise, tokenizer, config) of a training output folder or checkpoint."""
+    """(model, graph, noise, tokenizer, config) of a training output folder or checkpoint. The
+    model is rebuilt from its saved ModelConfig, parametrisation included ("score" when a config
+    predates the field)."""
     model, cfg = from_pretrained(checkpoint, device=device, use_ema=use_ema)
     train = cfg.get("train", {})
     graph = get_graph(cfg.get("graph", "absorb"), cfg.get("n", model.config.vocab_size - 1))
+    if model.config.time_independent and graph.name != "absorb":
+        raise ValueError(f"checkpoint {checkpoint!r}: a time-independent ('clean') model needs "
+                         f"the absorbing graph, its config says {cfg.get('graph')!r}")
     noise_cfg = dict(cfg.get("noise", {"name": "loglinear"}))
     noise = get_noise(noise_cfg.pop("name"), **noise_cfg)
     data = train.get("data", "builtin")

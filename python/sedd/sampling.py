@@ -1,9 +1,26 @@
 """Reverse sampling (SEDD.md §6) on the fused step kernels: Euler or analytic predictor over the
-time grid t_k = 1 − kΔt, then the denoiser; given positions stay fixed through every step."""
+time grid t_k = 1 − kΔt, then the denoiser; given positions stay fixed through every step.
+
+The exact cache (absorbing graph, time-independent "clean" model, see DDiT.clean_log_probs): such
+a network's output depends on x alone, and the log-scores at noise σ are that output plus the
+analytic shift −log expm1(σ). So when a step changes no token of the batch, the network output of
+the previous step *is* the output the network would give now: the sampler reuses it and
+recomputes only the shift (DDiT.log_score_from_clean). This is exact, not an approximation — the
+cached sampler computes the same log-scores from the same floats as the uncached one, so with the
+same generator its samples are bit-identical (tested); it only skips evaluations whose result it
+already holds. The reuse is all-or-nothing over the batch (a step that changes any token of any
+sequence calls the network on the whole batch), so it saves calls when most steps change nothing:
+with the log-linear schedule about B·L/S tokens are unmasked per step, and roughly a fraction
+exp(−B·L/S) of the S steps can reuse the output (e.g. most steps at S = 1024, B·L = 16; almost
+none at S = 1024, B·L = 8192). A σ-conditioned network ("score", the paper's) is never cached."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from sedd_kernels import reference
 
 try:
     from tqdm.auto import tqdm
@@ -11,20 +28,55 @@ except ImportError:  # tqdm is a `train` extra
     tqdm = None
 
 
+@dataclass
+class SampleStats:
+    """What one sample() call did: `evaluations` is the number of network outputs the steps
+    consumed (predictor steps, + 1 with the denoiser; what an uncached sampler computes), and
+    `network_calls` the forward passes actually made (fewer when the exact cache reused outputs)."""
+
+    evaluations: int
+    network_calls: int
+    cached: bool
+
+    @property
+    def reused(self) -> int:
+        return self.evaluations - self.network_calls
+
+
+def _reference_step(kind, graph, log_score, x, dsigma, generator, frozen):
+    fn = {"euler": reference.euler_step, "analytic": reference.analytic_step,
+          "denoise": reference.denoise_step}[kind]
+    return fn(log_score, x, dsigma, graph.name, generator, frozen)
+
+
 @torch.no_grad()
 def sample(model, graph, noise, num_samples: int, length: int, steps: int,
            predictor: str = "analytic", denoise: bool = True, condition=None,
            generator: torch.Generator | None = None, eps: float = 1e-5, device=None,
-           progress: bool = False) -> torch.Tensor:
-    """Draw `num_samples` sequences of `length` tokens in `steps` predictor steps.
+           progress: bool = False, cache: bool = True, use_reference: bool = False,
+           return_stats: bool = False):
+    """Draw `num_samples` sequences of `length` tokens in `steps` predictor steps; returns the
+    tokens [num_samples, length], or (tokens, SampleStats) with return_stats=True.
 
     condition: None, or (tokens [num_samples or 1, length] int64, given [.., length] bool): the
     given positions are written into x before every step and after the last, and frozen in the
-    kernels (prefix, suffix, infilling: any pattern)."""
+    kernels (prefix, suffix, infilling: any pattern).
+    cache: reuse the network output of a time-independent model (`model.time_independent`,
+    absorbing graph only) across steps that change no token — exact, see the module docstring;
+    ignored for σ-conditioned models. use_reference: take the steps from the plain-PyTorch
+    sedd_kernels.reference ops (dense over [B, L, V]) instead of the fused kernels (absorbing and
+    uniform graphs; for comparisons and benchmarks)."""
     if predictor not in ("analytic", "euler"):
         raise ValueError(f"predictor must be 'analytic' or 'euler', got {predictor!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    time_independent = bool(getattr(model, "time_independent", False))
+    if time_independent and graph.name != "absorb":
+        raise ValueError(f"a time-independent ('clean') model needs the absorbing graph, got "
+                         f"{graph.name!r}")
+    if use_reference and graph.name not in ("absorb", "uniform"):
+        raise ValueError(f"use_reference needs the absorbing or uniform graph, got {graph.name!r}")
+    use_cache = cache and time_independent
     device = device or next(model.parameters()).device
     x = graph.sample_limit(num_samples, length, device=device, generator=generator)
     frozen = tokens = None
@@ -33,6 +85,29 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
         tokens = tokens.to(device).expand(num_samples, length)
         frozen = given.to(device).expand(num_samples, length).contiguous()
         x = torch.where(frozen, tokens, x)
+
+    calls = 0
+    held = None  # (x, clean_log_probs(x)) of the last network call, when caching
+
+    def log_score_at(x, sigma):
+        nonlocal calls, held
+        sigma = torch.full((num_samples,), float(sigma), device=device)
+        if not use_cache:
+            calls += 1
+            return model(x, sigma)
+        if held is None or not torch.equal(held[0], x):
+            calls += 1
+            held = (x, model.clean_log_probs(x))
+        return model.log_score_from_clean(held[1], x, sigma)
+
+    def step(kind, log_score, x, dsigma):
+        dsigma = torch.full((num_samples,), float(dsigma), device=device)
+        if use_reference:
+            return _reference_step(kind, graph, log_score, x, dsigma, generator, frozen)
+        if kind == "denoise":
+            return graph.denoise(log_score, x, dsigma, generator, frozen)
+        return graph.step(kind, log_score, x, dsigma, generator, frozen)
+
     dt = (1 - eps) / steps
     grid = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
     it = range(steps)
@@ -40,22 +115,24 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
         it = tqdm(it, desc="sampling", leave=False)
     model_was_training = model.training
     model.eval()
-    for k in it:
-        t = grid[k]
-        sigma = noise.total(t)
-        log_score = model(x, torch.full((num_samples,), float(sigma), device=device))
-        if predictor == "euler":
-            dsigma = float(noise.rate(t)) * dt
-        else:
-            dsigma = float(sigma - noise.total(grid[k + 1]))
-        x = graph.step(predictor, log_score, x, torch.full((num_samples,), dsigma, device=device),
-                       generator, frozen)
-    if denoise:
-        sigma = float(noise.total(grid[-1]))
-        log_score = model(x, torch.full((num_samples,), sigma, device=device))
-        x = graph.denoise(log_score, x, torch.full((num_samples,), sigma, device=device),
-                          generator, frozen)
+    try:
+        for k in it:
+            t = grid[k]
+            sigma = noise.total(t)
+            log_score = log_score_at(x, sigma)
+            if predictor == "euler":
+                dsigma = float(noise.rate(t)) * dt
+            else:
+                dsigma = float(sigma - noise.total(grid[k + 1]))
+            x = step(predictor, log_score, x, dsigma)
+        if denoise:
+            sigma = float(noise.total(grid[-1]))
+            x = step("denoise", log_score_at(x, sigma), x, sigma)
+    finally:
+        model.train(model_was_training)
     if frozen is not None:
         x = torch.where(frozen, tokens, x)
-    model.train(model_was_training)
+    if return_stats:
+        return x, SampleStats(evaluations=steps + int(denoise), network_calls=calls,
+                              cached=use_cache)
     return x
