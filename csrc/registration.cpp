@@ -14,6 +14,12 @@ TORCH_LIBRARY(sedd, m) {
   m.def(
       "score_entropy_backward(Tensor grad, Tensor log_score, Tensor x_t, Tensor x_0, "
       "Tensor sigma, str graph) -> Tensor");
+  // In place, for the fused output projection (linear_score_entropy): returns the loss of
+  // ℓ = log_score + offset (offset [B, L] or none) and overwrites log_score with grad·∂SE/∂ℓ
+  // (grad [B, L] or none = 1); inactive absorbing rows get loss 0 and a zero gradient.
+  m.def(
+      "score_entropy_with_grad_(Tensor(a!) log_score, Tensor x_t, Tensor x_0, Tensor sigma, "
+      "str graph, Tensor? offset=None, Tensor? grad=None) -> Tensor");
   // SEDD.md §1: x_t ~ P(σ)[:, x_0] per position; num_tokens = V (absorbing mask = V - 1).
   // Random bits: Philox keyed by (seed, offset, row, column) (csrc/common/philox.h).
   m.def("perturb(Tensor x_0, Tensor sigma, str graph, int num_tokens, int seed, int offset) -> Tensor");
@@ -30,6 +36,7 @@ TORCH_LIBRARY(sedd, m) {
 TORCH_LIBRARY_IMPL(sedd, CPU, m) {
   m.impl("score_entropy", &sedd::score_entropy_cpu);
   m.impl("score_entropy_backward", &sedd::score_entropy_backward_cpu);
+  m.impl("score_entropy_with_grad_", &sedd::score_entropy_with_grad_cpu);
   m.impl("perturb", &sedd::perturb_cpu);
   m.impl("sample_categorical", &sedd::sample_categorical_cpu);
   m.impl("reverse_step", &sedd::reverse_step_cpu);
@@ -39,6 +46,7 @@ TORCH_LIBRARY_IMPL(sedd, CPU, m) {
 TORCH_LIBRARY_IMPL(sedd, CUDA, m) {
   m.impl("score_entropy", &sedd::score_entropy_cuda);
   m.impl("score_entropy_backward", &sedd::score_entropy_backward_cuda);
+  m.impl("score_entropy_with_grad_", &sedd::score_entropy_with_grad_cuda);
   m.impl("perturb", &sedd::perturb_cuda);
   m.impl("sample_categorical", &sedd::sample_categorical_cuda);
   m.impl("reverse_step", &sedd::reverse_step_cuda);

@@ -1,6 +1,6 @@
 """sedd-kernels: fused CPU/CUDA kernels for Score Entropy Discrete Diffusion.
 
-Functional API (fused kernels): :func:`score_entropy`, :func:`perturb`, :func:`euler_step`,
+Functional API (fused kernels): :func:`score_entropy`, :func:`linear_score_entropy`, :func:`perturb`, :func:`euler_step`,
 :func:`analytic_step`, :func:`denoise_step`, :func:`sample_categorical`; closed-form dense rows
 :func:`transition`, :func:`staggered_score`; dense user rate matrices: :class:`GeneralGraph`.
 Plain-PyTorch twins of every op, following SEDD.md literally: :mod:`sedd_kernels.reference`.
@@ -14,9 +14,11 @@ from ._ops import score_entropy
 from ._sampling import (analytic_step, denoise_step, euler_step, perturb, sample_categorical,
                         staggered_score, transition)
 from .general import GeneralGraph
+from .linear import linear_score_entropy
 
 __all__ = ["score_entropy", "perturb", "transition", "staggered_score", "euler_step",
            "analytic_step", "denoise_step", "sample_categorical", "GeneralGraph", "reference",
+           "linear_score_entropy",
            "build_info"]
 __version__ = "0.1.0"
 

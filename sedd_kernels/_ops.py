@@ -45,20 +45,24 @@ def _validate_values(log_score, x_t, x_0, sigma, graph):
     CUDA kernels cannot raise, so without this they write NaN for invalid rows."""
     if not _well_formed(log_score, x_t, x_0, sigma, graph):
         return
-    V = log_score.shape[-1]
+    _check_values("score_entropy", log_score.shape[-1], x_t, x_0, sigma, graph)
+
+
+def _check_values(op, V, x_t, x_0, sigma, graph):
+    """Token ids in range (x_0 never the absorbing mask) and sigma > 0, as clear errors."""
     if x_t.numel():
         lo, hi = int(x_t.min()), int(x_t.max())
         if lo < 0 or hi >= V:
-            raise ValueError(f"score_entropy: x_t must hold token ids in [0, V) = [0, {V}), "
+            raise ValueError(f"{op}: x_t must hold token ids in [0, V) = [0, {V}), "
                              f"got values in [{lo}, {hi}]")
         hi0 = V - 1 if graph == "absorb" else V
         lo, hi = int(x_0.min()), int(x_0.max())
         if lo < 0 or hi >= hi0:
             note = " (the mask id V-1 is not a clean token)" if graph == "absorb" else ""
-            raise ValueError(f"score_entropy: x_0 must hold token ids in [0, {hi0}){note}, "
+            raise ValueError(f"{op}: x_0 must hold token ids in [0, {hi0}){note}, "
                              f"got values in [{lo}, {hi}]")
     if sigma.numel() and not bool((sigma > 0).all()):
-        raise ValueError("score_entropy: sigma must be > 0 (+inf is allowed), got "
+        raise ValueError(f"{op}: sigma must be > 0 (+inf is allowed), got "
                          f"min {float(sigma.min())}")
 
 
@@ -105,6 +109,13 @@ def _score_entropy_fake(log_score, x_t, x_0, sigma, graph):
 def _score_entropy_backward_fake(grad, log_score, x_t, x_0, sigma, graph):
     torch._check(log_score.dim() == 3, lambda: "score_entropy_backward: log_score must be [B, L, V]")
     return torch.empty(log_score.shape, dtype=log_score.dtype, device=log_score.device)
+
+
+@torch.library.register_fake("sedd::score_entropy_with_grad_")
+def _score_entropy_with_grad_fake(log_score, x_t, x_0, sigma, graph, offset=None, grad=None):
+    torch._check(log_score.dim() == 3, lambda: "score_entropy_with_grad_: log_score must be [B, L, V]")
+    dtype = torch.float64 if log_score.dtype == torch.float64 else torch.float32
+    return log_score.new_empty(log_score.shape[:2], dtype=dtype)
 
 
 # ---- autograd ----

@@ -10,15 +10,18 @@
 namespace sedd {
 namespace cpu {
 
-// Σ e^{ℓ_y} and (if kWithL) Σ ℓ_y over y ∈ [lo, hi): SIMD lanes accumulate fp32 over blocks of
-// 1024 entries, the block sums are added in fp64 (fp64 inputs: plain fp64 loop).
+// Σ e^{p_y + off} and (if kWithL) Σ p_y over y ∈ [lo, hi) (the caller adds (hi − lo)·off to the
+// second sum): SIMD lanes accumulate fp32 over blocks of 1024 entries, the block sums are added in
+// fp64 (fp64 inputs: plain fp64 loop). `off` is a per-row shift of the log-scores (0 for plain
+// score entropy; the network's scale_by_sigma offset for the fused projection).
 template <bool kWithL, typename T>
-void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l) {
+void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l,
+              acc_t<T> off = acc_t<T>(0)) {
   double se = 0.0, sl = 0.0;
   int64_t j = lo;
   if constexpr (std::is_same_v<T, double>) {
     for (; j < hi; ++j) {
-      se += exp_acc(p[j]);
+      se += exp_acc(p[j] + off);
       if (kWithL) sl += p[j];
     }
   } else {
@@ -28,7 +31,7 @@ void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l
       const int64_t end = std::min(hi, j + kBlock);
       for (; j + kVecLen <= end; j += kVecLen) {
         const vfloat v = vload(p + j);
-        ae += vexp(v);
+        ae += vexp(v + off);
         if (kWithL) al += v;
       }
       se += hsum(ae);
@@ -36,7 +39,7 @@ void row_sums(const T* p, int64_t lo, int64_t hi, double& sum_exp, double& sum_l
     }
     for (; j < hi; ++j) {
       const float v = load(p + j);
-      se += exp_f32(v);
+      se += exp_f32(v + off);
       if (kWithL) sl += v;
     }
   }

@@ -49,5 +49,16 @@ inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor&
   check_same_device(op, log_score, "log_score", grad, "grad");
 }
 
+// Optional per-row tensors of score_entropy_with_grad_ (offset, grad): floating, [B, L], same
+// device as log_score.
+inline void check_row_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
+                             const at::Tensor& log_score, const Args& a) {
+  if (!t) return;
+  check_floating(op, *t, name);
+  SEDD_CHECK_VALUE(t->dim() == 2 && t->size(0) == a.B && t->size(1) == a.L, op, ": ", name,
+                   " must have shape [B, L] = [", a.B, ", ", a.L, "], got ", shape_str(*t));
+  check_same_device(op, log_score, "log_score", *t, name);
+}
+
 }  // namespace se
 }  // namespace sedd

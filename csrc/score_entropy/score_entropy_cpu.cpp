@@ -129,6 +129,63 @@ void backward_kernel(const double* gout, const at::Tensor& log_score, const Prep
   });
 }
 
+// In place: the loss of each row of ℓ = log_score + offset, then the row overwritten with
+// gout·∂SE/∂ℓ (= ∂/∂log_score). The row is read twice — once for the sums, once for the gradient
+// — the second time from cache (a row is V·sizeof(T) bytes, 200 KB for fp32 at V = 50258).
+// The two special entries (x0 and the zero entry) are read before anything is written.
+template <typename T, typename out_t>
+void with_grad_kernel(const at::Tensor& log_score, const Prepared& p, const double* off,
+                      const double* gout, out_t* out) {
+  using A = acc_t<T>;
+  T* base = log_score.data_ptr<T>();
+  const int64_t sB = log_score.stride(0), sL = log_score.stride(1);
+  const int64_t B = p.a.B, L = p.a.L, V = p.a.V;
+  const Graph g = p.a.graph;
+  const int64_t* xt = p.xt.data_ptr<int64_t>();
+  const int64_t* x0 = p.x0.data_ptr<int64_t>();
+  const double* sig = p.sigma.data_ptr<double>();
+  at::parallel_for(0, B * L, row_grain(V), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / L, i = r % L;
+      const int64_t x = xt[r];
+      T* row = base + b * sB + i * sL;
+      if (!se::row_active(g, x, V)) {
+        out[r] = out_t(0);
+        std::fill(row, row + V, T(0));
+        continue;
+      }
+      const double o = off ? off[r] : 0.0;
+      const A oa = static_cast<A>(o);
+      const se::RowConst c = se::row_const(g, sig[b], V);
+      const se::GradConst<A> k = se::grad_const<A>(g, gout ? gout[r] : 1.0, x, x0[r], c, V);
+      const A raw_x0 = static_cast<A>(load(row + k.x0));
+      const A raw_zero = static_cast<A>(load(row + k.zero));
+      const double l_x0 = static_cast<double>(raw_x0) + o;
+      double sum_exp = 0.0, sum_l = 0.0;
+      double loss;
+      if (g == Graph::kAbsorb) {
+        row_sums<false>(row, 0, V - 1, sum_exp, sum_l, oa);
+        loss = se::absorb_loss(sum_exp, l_x0, c);
+      } else {
+        row_sums<true>(row, 0, x, sum_exp, sum_l, oa);
+        row_sums<true>(row, x + 1, V, sum_exp, sum_l, oa);
+        sum_l += static_cast<double>(V - 1) * o;
+        loss = se::uniform_loss(sum_exp, sum_l, l_x0, x == x0[r], c);
+      }
+      out[r] = static_cast<out_t>(loss);
+      int64_t j = 0;
+      if constexpr (!std::is_same_v<T, double>) {
+        for (; j + kVecLen <= V; j += kVecLen) {
+          cpu::vstore(row + j, cpu::vexp(cpu::vload(row + j) + oa) * k.a + k.b);  // grad_body
+        }
+      }
+      for (; j < V; ++j) store(row + j, se::grad_body<A>(exp_acc(static_cast<A>(load(row + j)) + oa), k));
+      store(row + k.x0, se::grad_at<A>(k.x0, exp_acc(raw_x0 + oa), k));
+      store(row + k.zero, se::grad_at<A>(k.zero, exp_acc(raw_zero + oa), k));
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor score_entropy_cpu(const at::Tensor& log_score, const at::Tensor& x_t,
@@ -161,6 +218,33 @@ at::Tensor score_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
                                   "score_entropy_backward_cpu", [&] {
     backward_kernel<scalar_t>(g.data_ptr<double>(), log_score, p, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor score_entropy_with_grad_cpu(at::Tensor& log_score, const at::Tensor& x_t,
+                                       const at::Tensor& x_0, const at::Tensor& sigma,
+                                       c10::string_view graph,
+                                       const std::optional<at::Tensor>& offset,
+                                       const std::optional<at::Tensor>& grad) {
+  const char* op = "score_entropy_with_grad_";
+  const Prepared p = prepare(op, log_score, x_t, x_0, sigma, graph);
+  se::check_row_tensor(op, offset, "offset", log_score, p.a);
+  se::check_row_tensor(op, grad, "grad", log_score, p.a);
+  const bool f64 = log_score.scalar_type() == at::kDouble;
+  at::Tensor out = at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  if (out.numel() == 0) return out;
+  const at::Tensor off = offset ? offset->to(at::kDouble).contiguous() : at::Tensor();
+  const at::Tensor g = grad ? grad->to(at::kDouble).contiguous() : at::Tensor();
+  const double* offp = offset ? off.data_ptr<double>() : nullptr;
+  const double* gp = grad ? g.data_ptr<double>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
+                                  "score_entropy_with_grad_cpu", [&] {
+    if (f64) {
+      with_grad_kernel<scalar_t>(log_score, p, offp, gp, out.data_ptr<double>());
+    } else {
+      with_grad_kernel<scalar_t>(log_score, p, offp, gp, out.data_ptr<float>());
+    }
   });
   return out;
 }

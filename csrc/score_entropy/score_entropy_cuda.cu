@@ -121,6 +121,16 @@ __device__ __forceinline__ double row_sum(A v, double* smem) {
   }
 }
 
+// A barrier among the TPR threads of a row.
+template <int TPR>
+__device__ __forceinline__ void __syncthreads_or_warp() {
+  if constexpr (TPR == 32) {
+    __syncwarp();
+  } else {
+    __syncthreads();
+  }
+}
+
 struct RowIds {
   int64_t row, b, x, x0;
   double sigma;
@@ -207,6 +217,93 @@ se_backward_kernel(const double* __restrict__ gout, const T* __restrict__ base, 
       [&](int y, T raw) { return se::grad_at<A>(y, exp_acc(static_cast<A>(raw)), k); });
 }
 
+// In place (score_entropy_with_grad_): the loss of ℓ = p + off, then p overwritten with
+// gout·∂SE/∂ℓ. Every thread reads the two special entries (x0 and the zero entry) before the
+// row reduction, whose barrier (__syncthreads, or the warp shuffle for TPR = 32) orders those
+// reads before any write; each other entry is read and then written by the same thread. The
+// second pass re-reads the row from L2 (200 KB for fp32 at V = 50258).
+template <typename T, typename out_t, int TPR>
+__global__ void __launch_bounds__(kBlock)
+se_with_grad_kernel(T* base, int64_t sB, int64_t sL, int64_t rows, int64_t L, int64_t V,
+                    const int64_t* __restrict__ xt, const int64_t* __restrict__ x0,
+                    const double* __restrict__ sigma, const double* __restrict__ off,
+                    const double* __restrict__ gout, Graph g, out_t* __restrict__ out) {
+  using A = at::acc_type<T, true>;
+  constexpr int N = Pack<T>::N;
+  __shared__ double smem[2 * kBlock / 32];
+  RowIds r;
+  if (!row_ids<TPR>(r, rows, L, xt, x0, sigma)) return;
+  const int t = threadIdx.x % TPR;
+  T* p = base + r.b * sB + (r.row - r.b * L) * sL;
+  if (!se::row_valid(g, r.x, r.x0, r.sigma, V)) {
+    if (t == 0) out[r.row] = std::numeric_limits<out_t>::quiet_NaN();
+    for (int64_t j = t; j < V; j += TPR) p[j] = static_cast<T>(NAN);
+    return;
+  }
+  if (!se::row_active(g, r.x, V)) {
+    if (t == 0) out[r.row] = out_t(0);
+    for (int64_t j = t; j < V; j += TPR) p[j] = T(0);
+    return;
+  }
+  const double o = off ? off[r.row] : 0.0;
+  const A oa = static_cast<A>(o);
+  const se::RowConst c = se::row_const(g, r.sigma, V);
+  const se::GradConst<A> k = se::grad_const<A>(g, gout ? gout[r.row] : 1.0, r.x, r.x0, c, V);
+  const A raw_x0 = static_cast<A>(p[k.x0]);
+  const A raw_zero = static_cast<A>(p[k.zero]);
+  const int skip = static_cast<int>(g == Graph::kAbsorb ? V - 1 : r.x);  // Σ_{y≠M} / Σ_{y≠x}
+  A se_part = A(0), sl_part = A(0);
+  auto add = [&](T raw) {
+    const A v = static_cast<A>(raw);
+    se_part += exp_acc(v + oa);
+    sl_part += v;
+  };
+  row_for_each(static_cast<const T*>(p), static_cast<int>(V), t, TPR, skip, skip, add,
+               [&](int y, T raw) {
+                 if (y != skip) add(raw);
+               });
+  const double sum_exp = row_sum<TPR>(se_part, smem);
+  const double sum_l = g == Graph::kUniform ? row_sum<TPR>(sl_part, smem + kBlock / 32) : 0.0;
+  __syncthreads_or_warp<TPR>();  // every thread has read raw_x0 / raw_zero before any write
+  if (t == 0) {
+    const double l_x0 = static_cast<double>(raw_x0) + o;
+    const double loss = g == Graph::kAbsorb
+                            ? se::absorb_loss(sum_exp, l_x0, c)
+                            : se::uniform_loss(sum_exp, sum_l + static_cast<double>(V - 1) * o,
+                                               l_x0, r.x == r.x0, c);
+    out[r.row] = static_cast<out_t>(loss);
+  }
+  // Gradient pass, same element split as row_for_each (head, 16-byte packs, tail).
+  const int Vi = static_cast<int>(V);
+  const int s0 = static_cast<int>(k.x0), s1 = static_cast<int>(k.zero);
+  auto grad_of = [&](int y, A v) -> A {
+    if (y == s0) v = raw_x0;
+    if (y == s1) v = raw_zero;
+    return se::grad_at<A>(y, exp_acc(v + oa), k);
+  };
+  const int head = head_elems(static_cast<const T*>(p), Vi);
+  for (int j = t; j < head; j += TPR) p[j] = static_cast<T>(grad_of(j, static_cast<A>(p[j])));
+  const int nvec = (Vi - head) / N;
+  Pack<T>* vp = reinterpret_cast<Pack<T>*>(p + head);
+#pragma unroll 4
+  for (int q = t; q < nvec; q += TPR) {
+    Pack<T> pk = vp[q];
+    const int b0 = head + q * N;
+    if (pack_has<N>(b0, s0, s1)) {
+#pragma unroll
+      for (int e = 0; e < N; ++e) pk.v[e] = static_cast<T>(grad_of(b0 + e, static_cast<A>(pk.v[e])));
+    } else {
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        pk.v[e] = static_cast<T>(se::grad_body<A>(exp_acc(static_cast<A>(pk.v[e]) + oa), k));
+      }
+    }
+    vp[q] = pk;
+  }
+  for (int j = head + nvec * N + t; j < Vi; j += TPR) {
+    p[j] = static_cast<T>(grad_of(j, static_cast<A>(p[j])));
+  }
+}
 
 }  // namespace
 
@@ -244,6 +341,28 @@ void score_entropy_backward_cuda_launch(const at::Tensor& grad, const at::Tensor
           grad.data_ptr<double>(), log_score.data_ptr<scalar_t>(), log_score.stride(0),
           log_score.stride(1), rows, L, V, xt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(),
           sigma.data_ptr<double>(), graph, out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void score_entropy_with_grad_cuda_launch(at::Tensor& log_score, const at::Tensor& xt,
+                                         const at::Tensor& x0, const at::Tensor& sigma,
+                                         const at::Tensor& offset, const at::Tensor& grad,
+                                         Graph graph, at::Tensor& out) {
+  const int64_t L = log_score.size(1), V = log_score.size(2);
+  const int64_t rows = log_score.size(0) * L;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const double* offp = offset.defined() ? offset.data_ptr<double>() : nullptr;
+  const double* gp = grad.defined() ? grad.data_ptr<double>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
+                                  "score_entropy_with_grad_cuda", [&] {
+    using out_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    launch_rows(rows, V, [&](auto tpr, int64_t blocks) {
+      se_with_grad_kernel<scalar_t, out_t, decltype(tpr)::value><<<blocks, kBlock, 0, stream>>>(
+          log_score.data_ptr<scalar_t>(), log_score.stride(0), log_score.stride(1), rows, L, V,
+          xt.data_ptr<int64_t>(), x0.data_ptr<int64_t>(), sigma.data_ptr<double>(), offp, gp,
+          graph, out.data_ptr<out_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
