@@ -16,6 +16,7 @@ if os.environ.get("SEDD_BENCH_DEVICES"):
     DEVICES = [d for d in os.environ["SEDD_BENCH_DEVICES"].split(",") if d in DEVICES]
 
 RESULTS = []  # rows: dict(op, device, dtype, case, impl, pass_, median_s, bytes)
+LINEAR_RESULTS = []  # bench_linear.py: dict(machine, dtype, N, graph, impl, median_s, peak_bytes)
 _COPY = {}
 
 
@@ -68,7 +69,32 @@ def record(benchmark, *, op, device, dtype, case, impl, pass_, bytes_moved, size
                         copy_gbs=copy_gbs))
 
 
+def _linear_summary(tr):
+    """Loss stage at V = 50258: time and peak memory of each implementation, and the ratios of
+    the baselines to the fused op."""
+    tr.section("linear_score_entropy: loss stage (fwd+bwd) time and peak memory")
+    tr.write_line(f"{'machine':<34}{'dtype':<10}{'N':>7}  {'graph':<9}{'impl':<17}{'ms':>10}"
+                  f"{'x fused':>9}{'peak MB':>10}{'peak/fused':>11}")
+    fused = {(r["machine"], r["dtype"], r["N"], r["graph"]): r for r in LINEAR_RESULTS
+             if r["impl"] == "fused"}
+    for r in sorted(LINEAR_RESULTS, key=lambda r: (r["machine"], r["dtype"], r["N"], r["graph"])):
+        f = fused.get((r["machine"], r["dtype"], r["N"], r["graph"]))
+        ratio = f"{r['median_s'] / f['median_s']:9.2f}" if f else f"{'-':>9}"
+        peak = r["peak_bytes"]
+        mem = f"{peak / 2 ** 20:10.0f}" if peak is not None else f"{'-':>10}"
+        mratio = (f"{peak / f['peak_bytes']:11.1f}" if f and peak and f["peak_bytes"]
+                  else f"{'-':>11}")
+        tr.write_line(f"{r['machine'][:33]:<34}{r['dtype']:<10}{r['N']:>7}  {r['graph']:<9}"
+                      f"{r['impl']:<17}{r['median_s'] * 1e3:10.1f}{ratio}{mem}{mratio}")
+
+
 def pytest_terminal_summary(terminalreporter):
+    if LINEAR_RESULTS:
+        _linear_summary(terminalreporter)
+        out = os.environ.get("SEDD_BENCH_JSON")
+        if out and not RESULTS:
+            with open(out, "w") as fh:
+                json.dump(LINEAR_RESULTS, fh, indent=1)
     if not RESULTS:
         return
     tr = terminalreporter

@@ -52,6 +52,9 @@ def parse_args(argv=None):
       help="score (default): the paper's sigma-conditioned network; clean: time-independent "
            "absorbing model, log p(y | x) turned into scores analytically (exact sampling cache)")
     a("--reference-loss", action="store_true", help="plain-PyTorch loss instead of the fused kernel")
+    a("--no-fused-linear", action="store_true",
+      help="materialise the [B, L, V] log-scores and apply the fused loss to them, instead of "
+           "fusing the output projection into the loss (linear_score_entropy, the default)")
     a("--fsdp", action="store_true", help="FullyShardedDataParallel instead of DDP (GPUs, torchrun)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-report", action="store_true", help="skip the final samples and likelihood report")
@@ -61,7 +64,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     over = {k: v for k, v in vars(args).items()
-            if k not in ("preset", "no_progress", "no_report") and v is not None and v is not False}
+            if k not in ("preset", "no_progress", "no_report", "no_fused_linear")
+            and v is not None and v is not False}
+    over["fused_linear"] = not args.no_fused_linear
     over["progress"] = not args.no_progress
     over["final_report"] = not args.no_report
     try:

@@ -43,6 +43,27 @@ def default_chunk(N: int, H: int, V: int, element_size: int, device: torch.devic
     return int(max(1, min(chunk, N)))
 
 
+_OUT_DTYPE_MM = {}   # device type -> does torch.addmm(out_dtype=, out=) work there?
+
+
+def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b without a [V, H] temporary: in place (beta = 1) when the dtypes agree; for
+    bf16/fp16 products, accumulated in fp32 by the product itself where ATen offers it
+    (addmm with out_dtype, CUDA), else through one rounded temporary per chunk."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    dev = acc.device.type
+    if _OUT_DTYPE_MM.get(dev, True):
+        try:
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            _OUT_DTYPE_MM[dev] = True
+            return
+        except (RuntimeError, NotImplementedError, TypeError):
+            _OUT_DTYPE_MM[dev] = False
+    acc += (a @ b).to(acc.dtype)
+
+
 @torch.library.custom_op("sedd::linear_score_entropy_rows", mutates_args=())
 def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x_0: Tensor,
           sigma: Tensor, offset: Optional[Tensor], row_weight: Optional[Tensor], graph: str,
@@ -101,7 +122,7 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
             else:
                 gh.index_copy_(0, idx, g @ weight)
                 go.index_copy_(0, idx, g.sum(1, dtype=acc))
-            gw += (g.t() @ h).to(acc)
+            _accumulate(gw, g.t(), h)
             if bias is not None:
                 gb += g.sum(0, dtype=acc)
     if compute_grad:
@@ -145,9 +166,12 @@ class _LinearScoreEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if ctx.reduction == "sum":
-            gh, gw, gb, go = ctx.saved_tensors
-            g = grad.to(gh.dtype)
-            grads = gh * g, gw * grad.to(gw.dtype), gb * grad.to(gb.dtype), go * grad.to(go.dtype)
+            grads = ctx.saved_tensors
+            # The usual upstream gradient is exactly 1 (the trainer folds every factor into
+            # token_weight): then the stored gradients are returned as they are, with no second
+            # [V, H] buffer (one host sync on CUDA to find out; always scaled when compiling).
+            if torch.compiler.is_compiling() or grad.numel() != 1 or not bool(grad == 1):
+                grads = tuple(t * grad.to(t.dtype) for t in grads)
         else:
             hidden, weight, bias, x_t, x_0, sigma, offset = ctx.saved_tensors
             _, *grads = _rows(hidden, weight, bias, x_t, x_0, sigma, offset, grad.contiguous(),

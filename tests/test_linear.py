@@ -304,3 +304,18 @@ def test_default_chunk_bounds_the_block():
     assert default_chunk(100, 768, 50258, 4, torch.device("cpu")) == 100
     c = default_chunk(10 ** 6, 768, 50258, 2, torch.device("cpu"))
     assert c * 50258 <= 10 ** 6 * 768 + 50258 and c >= 256
+
+
+
+def test_sum_mode_backward_twice():
+    """reduction='sum' returns its stored gradients unscaled when the upstream gradient is 1: a
+    retained graph's second backward gives the same gradients, and a scaled one scales them."""
+    h, w, b, xt, x0, sig, off = problem(2, 3, 4, 6, "uniform")
+    ins = leaves(h, w, b)
+    out = sk.linear_score_entropy(*ins, xt, x0, sig, "uniform", off, reduction="sum")
+    first = torch.autograd.grad(out, ins, retain_graph=True)
+    second = torch.autograd.grad(out, ins, retain_graph=True)
+    third = torch.autograd.grad(3 * out, ins)
+    for a, b_, c in zip(first, second, third):
+        torch.testing.assert_close(a, b_, rtol=0, atol=0)
+        torch.testing.assert_close(3 * a, c)

@@ -252,7 +252,33 @@ class DDiT(nn.Module):
         out = log_probs + self.log_score_offset(sigma.float())[:, None, None]
         return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
 
-    def forward(self, x, sigma):
+    @property
+    def supports_fused_loss(self) -> bool:
+        """The σ-conditioned network ends in projection + offset: its loss can go through
+        sedd_kernels.linear_score_entropy. (The clean parametrisation has a log-softmax there.)"""
+        return not self.time_independent
+
+    def fused_loss(self, x, sigma, *, x_0, sigma_total, graph, token_weight):
+        """Σ token_weight·SE(forward(x, σ), x_0) (SEDD.md §3) without materialising the log-scores:
+        the output projection, the scale_by_sigma offset and the loss fused in row chunks (the
+        zero at the current token is the loss's own rule). Same value as the unfused path."""
+        if not self.supports_fused_loss:
+            raise ValueError("fused_loss needs parametrisation='score'")
+        import sedd_kernels as sk
+        h, c = self.trunk(x, sigma)
+        fl = self.output_layer
+        shift, scale = fl.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        hidden = modulate(fl.norm_final(h), shift, scale)
+        return sk.linear_score_entropy(hidden, fl.linear.weight, fl.linear.bias, x, x_0,
+                                       sigma_total, graph, self.log_score_offset(sigma.float()),
+                                       reduction="sum", token_weight=token_weight)
+
+    def forward(self, x, sigma, fused_loss=None):
+        """Log-scores [B, L, V]; or, with fused_loss = dict(x_0=, sigma_total=, graph=,
+        token_weight=), the scalar of fused_loss() — through forward, so that DDP/FSDP wrappers
+        see the call."""
+        if fused_loss is not None:
+            return self.fused_loss(x, sigma, **fused_loss)
         if self.time_independent:
             return self.log_score_from_clean(self.clean_log_probs(x), x, sigma)
         h, c = self.trunk(x, sigma)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_corpus
 from .graphs import get_graph
-from .losses import likelihood_bound, loss_fn
+from .losses import batch_loss, likelihood_bound
 from .model import PRESETS, DDiT, ModelConfig
 from .noise import get_noise
 from .sampling import sample
@@ -63,6 +63,7 @@ class TrainConfig:
     sample_steps: int = 64
     log_every: int = 10
     reference_loss: bool = False    # use sedd_kernels.reference.score_entropy (for comparison)
+    fused_linear: bool = True       # fuse the output projection into the loss (linear_score_entropy)
     parametrisation: str = "score"  # "clean": time-independent absorbing model (ModelConfig)
     fsdp: bool = False
     hidden_size: int = 0            # 0: the preset's
@@ -238,8 +239,9 @@ class Trainer:
             x0 = self.batch(self.step, micro)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                 enabled=self.autocast):
-                loss = loss_fn(self.wrapped, x0, self.graph, self.noise, gen,
-                               use_reference=cfg.reference_loss).mean() / cfg.accum
+                loss = batch_loss(self.wrapped, x0, self.graph, self.noise, gen,
+                                  use_reference=cfg.reference_loss,
+                                  fused_linear=cfg.fused_linear, scale=1.0 / cfg.accum)
             loss.backward()
             total += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -262,8 +264,8 @@ class Trainer:
                 break
             x0 = torch.stack([data[i] for i in range(lo, min(lo + cfg.batch_size, len(data)))])
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, 99, b))
-            losses.append(loss_fn(self.ema_model, x0.to(self.device), self.graph, self.noise,
-                                  gen).mean().item())
+            losses.append(batch_loss(self.ema_model, x0.to(self.device), self.graph, self.noise,
+                                     gen, fused_linear=cfg.fused_linear).item())
         return sum(losses) / max(1, len(losses))
 
     def samples(self, num=4, steps=None):

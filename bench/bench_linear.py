@@ -1,0 +1,133 @@
+"""The loss stage of training at GPT-2 vocabulary — hidden states [N, H] to the loss and the
+gradients of hidden, weight and bias — three ways, same run:
+
+* fused:            sedd_kernels.linear_score_entropy(reduction="sum"), gradients in the forward;
+* fused-recompute:  linear_score_entropy(reduction="none"), the backward recomputes the chunks;
+* proj+fused:       materialised log-scores (F.linear) + the fused score_entropy op;
+* proj+reference:   materialised log-scores + reference.score_entropy (plain PyTorch).
+
+H = 768, V = 50258, N = B·L ∈ {4096, 16384} on GPU ({512, 4096} on CPU, fp32 only), absorbing
+graph with half the positions masked (the average over t of the log-linear schedule) and the
+uniform graph. Peak memory is measured once per case, outside the timed rounds: on CUDA
+max_memory_allocated above what was allocated before; on CPU the growth of the peak resident set
+(VmHWM, reset through /proc/self/clear_refs) — both include the gradients themselves.
+"""
+
+import ctypes
+import gc
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sedd_kernels as sk
+from sedd_kernels import reference as R
+
+from conftest import DEVICES, LINEAR_RESULTS, machine, sync
+
+H, V = 768, 50258
+
+# Large CPU allocations straight from mmap and back to the system on free, so that the peak
+# resident set measures what each implementation touches (glibc's dynamic threshold would keep
+# freed blocks in the heap and hide reuse).
+try:
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)     # M_MMAP_THRESHOLD = 64 KiB
+except OSError:
+    pass
+SIZES = {"cpu": [(1, 512), (4, 1024)], "cuda": [(4, 1024), (16, 1024)]}
+DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
+IMPLS = ["fused", "fused-recompute", "proj+fused", "proj+reference"]
+
+
+def cases():
+    for device in DEVICES:
+        for dtype in DTYPES[device]:
+            for B, L in SIZES[device]:
+                for graph in ("absorb", "uniform"):
+                    for impl in IMPLS:
+                        yield pytest.param(device, dtype, B, L, graph, impl,
+                                           id=f"{device}-{str(dtype)[6:]}-N{B * L}-{graph}-{impl}")
+
+
+def make(device, dtype, B, L, graph):
+    g = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(B, L, H, device=device, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(V, H, device=device, generator=g) * 0.02).to(dtype).requires_grad_()
+    bias = torch.zeros(V, device=device, dtype=dtype).requires_grad_()
+    x0 = torch.randint(0, V - 1, (B, L), device=device, generator=g)
+    if graph == "absorb":
+        masked = torch.rand(B, L, device=device, generator=g) < 0.5
+        xt = torch.where(masked, torch.full_like(x0, V - 1), x0)
+    else:
+        xt = torch.where(torch.rand(B, L, device=device, generator=g) < 0.5, x0,
+                         torch.randint(0, V, (B, L), device=device, generator=g))
+    sigma = torch.rand(B, device=device, generator=g) + 0.05
+    offset = -torch.log(torch.expm1(sigma)) - torch.log(torch.tensor(V - 1.0, device=device))
+    weight_per_token = (torch.rand(B, device=device, generator=g) + 0.5) / B
+    return hidden, weight, bias, xt, x0, sigma, offset, weight_per_token
+
+
+def step_fn(impl, graph, hidden, weight, bias, xt, x0, sigma, offset, tw):
+    params = [hidden, weight, bias]
+    if impl == "fused":
+        def loss():
+            return sk.linear_score_entropy(hidden, weight, bias, xt, x0, sigma, graph, offset,
+                                           reduction="sum", token_weight=tw, validate=False)
+    elif impl == "fused-recompute":
+        def loss():
+            se = sk.linear_score_entropy(hidden, weight, bias, xt, x0, sigma, graph, offset,
+                                         validate=False)
+            return (se * tw[:, None]).sum()
+    else:
+        se_fn = (lambda ls: sk.score_entropy(ls, xt, x0, sigma, graph, validate=False)) \
+            if impl == "proj+fused" else (lambda ls: R.score_entropy(ls, xt, x0, sigma, graph))
+
+        def loss():
+            ls = F.linear(hidden, weight, bias) + offset[:, None, None].to(hidden.dtype)
+            return (se_fn(ls) * tw[:, None]).sum()
+
+    def run():
+        grads = torch.autograd.grad(loss(), params)
+        sync(hidden.device)
+        return grads
+    return run
+
+
+def peak_bytes(run, device):
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = run()
+        del out
+        return torch.cuda.max_memory_allocated() - base
+
+    def status(key):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")                       # reset VmHWM to the current RSS
+    base = status("VmRSS:")
+    out = run()
+    del out
+    return status("VmHWM:") - base
+
+
+@pytest.mark.parametrize("device,dtype,B,L,graph,impl", list(cases()))
+def test_linear_score_entropy(benchmark, device, dtype, B, L, graph, impl):
+    inputs = make(device, dtype, B, L, graph)
+    run = step_fn(impl, graph, *inputs)
+    run()                                             # warm-up
+    peak = peak_bytes(run, device) if (device == "cuda" or os.path.exists("/proc/self/clear_refs")) else None
+    fast = device == "cuda"
+    benchmark.pedantic(run, rounds=10 if fast else 2, iterations=1, warmup_rounds=1 if fast else 0)
+    median = benchmark.stats.stats.median
+    N = B * L
+    benchmark.extra_info.update(machine=machine(device), peak_bytes=peak, tokens=N,
+                                tokens_per_s=round(N / median))
+    LINEAR_RESULTS.append(dict(machine=machine(device), dtype=str(dtype)[6:], N=N, graph=graph,
+                               impl=impl, median_s=median, peak_bytes=peak))
