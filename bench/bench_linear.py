@@ -13,9 +13,6 @@ max_memory_allocated above what was allocated before; on CPU the growth of the p
 (VmHWM, reset through /proc/self/clear_refs) — both include the gradients themselves.
 """
 
-import ctypes
-import gc
-import os
 
 import pytest
 import torch
@@ -24,17 +21,10 @@ import torch.nn.functional as F
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, LINEAR_RESULTS, machine, sync
+from conftest import DEVICES, LINEAR_RESULTS, machine, peak_bytes, sync
 
 H, V = 768, 50258
 
-# Large CPU allocations straight from mmap and back to the system on free, so that the peak
-# resident set measures what each implementation touches (glibc's dynamic threshold would keep
-# freed blocks in the heap and hide reuse).
-try:
-    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)     # M_MMAP_THRESHOLD = 64 KiB
-except OSError:
-    pass
 SIZES = {"cpu": [(1, 512), (4, 1024)], "cuda": [(4, 1024), (16, 1024)]}
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
 IMPLS = ["fused", "fused-recompute", "proj+fused", "proj+reference"]
@@ -94,35 +84,12 @@ def step_fn(impl, graph, hidden, weight, bias, xt, x0, sigma, offset, tw):
     return run
 
 
-def peak_bytes(run, device):
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = run()
-        del out
-        return torch.cuda.max_memory_allocated() - base
-
-    def status(key):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")                       # reset VmHWM to the current RSS
-    base = status("VmRSS:")
-    out = run()
-    del out
-    return status("VmHWM:") - base
-
-
 @pytest.mark.parametrize("device,dtype,B,L,graph,impl", list(cases()))
 def test_linear_score_entropy(benchmark, device, dtype, B, L, graph, impl):
     inputs = make(device, dtype, B, L, graph)
     run = step_fn(impl, graph, *inputs)
     run()                                             # warm-up
-    peak = peak_bytes(run, device) if (device == "cuda" or os.path.exists("/proc/self/clear_refs")) else None
+    peak = peak_bytes(run, device)
     fast = device == "cuda"
     benchmark.pedantic(run, rounds=10 if fast else 2, iterations=1, warmup_rounds=1 if fast else 0)
     median = benchmark.stats.stats.median

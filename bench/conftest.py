@@ -2,6 +2,8 @@
 same run, and a summary table (ratios to the reference eager / compiled ops, GB/s, fraction of
 copy bandwidth) printed at the end and written to $SEDD_BENCH_JSON if set."""
 
+import ctypes
+import gc
 import json
 import os
 import time
@@ -28,6 +30,44 @@ def batch_size(device):
 def sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+# Large CPU allocations straight from mmap and back to the system on free, so that the peak
+# resident set measures what each benchmark touches (glibc's dynamic mmap threshold would keep
+# freed blocks in the heap and hide their reuse).
+try:
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)     # M_MMAP_THRESHOLD = 64 KiB
+except OSError:
+    pass
+
+
+def peak_bytes(run, device):
+    """Peak memory of run() above what was in use before it (its results included): CUDA
+    max_memory_allocated; CPU growth of the peak resident set (VmHWM, reset through
+    /proc/self/clear_refs), None where that is unavailable."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = run()
+        del out
+        return torch.cuda.max_memory_allocated() - base
+
+    def status(key):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")                   # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    base = status("VmRSS:")
+    out = run()
+    del out
+    return status("VmHWM:") - base
 
 
 def machine(device):
