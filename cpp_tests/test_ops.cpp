@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "common/cpu_utils.h"
@@ -34,6 +35,9 @@ using ForwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Ten
                              const at::Tensor&, c10::string_view);
 using BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const at::Tensor&, const at::Tensor&, c10::string_view);
+using WithGradFn = at::Tensor(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, c10::string_view,
+                              const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 
 at::Tensor longs(std::initializer_list<int64_t> v, int64_t B, int64_t L) {
   return at::tensor(std::vector<int64_t>(v), at::kLong).reshape({B, L});
@@ -68,6 +72,24 @@ int main() {
     // fp32 input through the SIMD path gives the same value
     at::Tensor out32 = fwd.call(ls.to(at::kFloat), xt, x0, sigma.to(at::kFloat), "absorb");
     expect_near("absorb fp32", out32[0][0].item<double>(), 2.0, 1e-6);
+  }
+
+  // The in-place op of the fused projection: the same absorbing row given as ℓ − 1 with offset 1,
+  // gradient scale 3: loss 2, and the row becomes 3·[0, 2, 0]; the unmasked row becomes 0.
+  {
+    auto with_grad = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("sedd::score_entropy_with_grad_", "")
+                         .typed<WithGradFn>();
+    at::Tensor ls = at::tensor({-1.0, std::log(2.0) - 1.0, 4.0, 0.3, 0.1, 0.2}, f64).reshape({1, 2, 3});
+    at::Tensor xt = longs({2, 1}, 1, 2), x0 = longs({0, 1}, 1, 2);
+    at::Tensor sigma = at::tensor({std::log(2.0)}, f64);
+    std::optional<at::Tensor> off = at::ones({1, 2}, f64), gs = at::full({1, 2}, 3.0, f64);
+    at::Tensor out = with_grad.call(ls, xt, x0, sigma, "absorb", off, gs);
+    expect_near("with_grad_ loss = 2", out[0][0].item<double>(), 2.0, 1e-14);
+    expect_near("with_grad_ grad[y=x0]", ls[0][0][0].item<double>(), 0.0, 1e-14);
+    expect_near("with_grad_ grad[y=1]", ls[0][0][1].item<double>(), 6.0, 1e-13);
+    expect_near("with_grad_ grad[y=M]", ls[0][0][2].item<double>(), 0.0, 0.0);
+    expect_near("with_grad_ unmasked row", ls[0][1].abs().sum().item<double>(), 0.0, 0.0);
   }
 
   // Uniform, V = n = 2, x_t = x_0 = 0, ℓ = [0, log 3], σ = log 3: e = 2, ρ = e/(e+n) = 1/2,
