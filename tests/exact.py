@@ -30,44 +30,50 @@ class ExactModel:
 
     def cond(self, sigma: float) -> torch.Tensor:
         """p(x_t = s | x_0 = c) for every clean c and state s: [n^L, V^L]."""
-        P = torch.linalg.matrix_exp(float(sigma) * self.Q)          # P[y, x]
-        out = torch.ones(len(self.clean), len(self.states), dtype=torch.float64)
+        return self.cond_batch(torch.tensor([float(sigma)], dtype=torch.float64))[0]
+
+    def cond_batch(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """cond for U noise levels at once: [U, n^L, V^L]."""
+        P = torch.linalg.matrix_exp(sigmas.to(torch.float64)[:, None, None] * self.Q)  # P[u, y, x]
+        out = torch.ones(len(sigmas), len(self.clean), len(self.states), dtype=torch.float64)
         for i in range(self.L):
-            out *= P[self.states[:, i]][:, self.clean[:, i]].T
+            out *= P[:, self.states[:, i]][:, :, self.clean[:, i]].transpose(1, 2)
         return out
 
     def marginal(self, sigma: float) -> torch.Tensor:
         return self.p0 @ self.cond(sigma)
 
+    def marginal_batch(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """p_t over all V^L states for U noise levels: [U, V^L]."""
+        return torch.einsum("c,ucs->us", self.p0, self.cond_batch(sigmas))
+
+    def _log_score_rows(self, x: torch.Tensor, pt: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """Exact log-scores [B, L, V] of x [B, L], sequence b under the marginal pt[row[b]]."""
+        B, S = x.shape[0], pt.shape[1]
+        flat = torch.log(pt).reshape(-1)
+        here = self.index(x)                                                      # [B]
+        ys = torch.arange(self.V)
+        # the index of x with position i set to y, for every (i, y): [B, L, V]
+        idx = here[:, None, None] + (ys[None, None, :] - x[..., None]) * self.mult[None, :, None]
+        out = flat[row[:, None, None] * S + idx] - flat[row * S + here][:, None, None]
+        return out.scatter_(-1, x[..., None], 0.0)
+
     def log_score(self, x: torch.Tensor, sigma: float, pt=None) -> torch.Tensor:
         """Exact log p_t(y)/p_t(x) for every y differing from x in one position: [B, L, V]
         (−inf where p_t(y) = 0; 0 at the current token)."""
         pt = self.marginal(sigma) if pt is None else pt
-        base = torch.log(pt[self.index(x)])
-        out = torch.empty(*x.shape, self.V, dtype=torch.float64)
-        for i in range(self.L):
-            for y in range(self.V):
-                xi = x.clone()
-                xi[:, i] = y
-                out[:, i, y] = torch.log(pt[self.index(xi)]) - base
-        return out.scatter_(-1, x[..., None], 0.0)
+        return self._log_score_rows(x, pt[None], torch.zeros(x.shape[0], dtype=torch.long))
 
     def network(self):
-        """A callable with the DDiT's signature: (x_t [B, L], σ̄ [B]) → log-scores [B, L, V]."""
-        cache = {}
+        """A callable with the DDiT's signature: (x_t [B, L], σ̄ [B]) → log-scores [B, L, V],
+        the exact marginal scores at each sequence's own σ̄ (vectorised over the distinct σ̄)."""
+        exact = self
 
         class Oracle(torch.nn.Module):
-            def forward(_, x, sigma):
-                out = torch.empty(*x.shape, self.V, dtype=torch.float64)
-                sig = sigma.double().cpu()
-                for s in sig.unique().tolist():
-                    rows = sig == s
-                    if s not in cache:
-                        if len(cache) > 4:
-                            cache.clear()
-                        cache[s] = self.marginal(s)
-                    out[rows] = self.log_score(x.cpu()[rows], s, cache[s])
-                return out.to(x.device)
+            def forward(self, x, sigma):
+                levels, row = torch.unique(sigma.double().cpu(), return_inverse=True)
+                pt = exact.marginal_batch(levels)
+                return exact._log_score_rows(x.cpu(), pt, row).to(x.device)
 
         o = Oracle()
         o.register_buffer("_device_anchor", torch.zeros(1))
@@ -82,18 +88,26 @@ def loglinear(eps):
     return (lambda t: -math.log1p(-(1 - eps) * t), lambda t: (1 - eps) / (1 - (1 - eps) * t))
 
 
-def exact_bound(model: ExactModel, total, rate, nodes: int = 200, sigma_max=None) -> torch.Tensor:
+def geometric(sigma_min, sigma_max):
+    total = lambda t: sigma_min ** (1 - t) * sigma_max ** t  # noqa: E731
+    return total, lambda t: total(t) * math.log(sigma_max / sigma_min)
+
+
+def exact_bound(model: ExactModel, total, rate=None, nodes: int = 200, sigma_max=None,
+                sigma_min=None) -> torch.Tensor:
     """∫₀¹ σ̇(t) E_{x_t|x_0}[Σ_i SE_i] dt for every clean x_0 with the exact (marginal) score;
-    [n^L]. Integrated in σ = σ̄(t) over [0, σ̄(1)] (σ̇ dt = dσ, which removes the sharp peak of
-    σ̇ near t = 1), by Gauss–Legendre in log σ over [1e-14, σ_max] (the integrand has features at
-    every scale of σ near 0 when p0 has small probabilities; [0, 1e-14] adds < 1e-12). For a
-    schedule with σ̄(1) = ∞ (log-linear, ε = 0) pass a finite sigma_max where the integrand has
-    decayed (it falls like e^{−σ})."""
+    [n^L]. Integrated in σ = σ̄(t) over [σ̄(0), σ̄(1)] (σ̇ dt = dσ, which removes the sharp peak
+    of σ̇ near t = 1; `rate` is not needed), by Gauss–Legendre in log σ over [σ_min, σ_max]:
+    σ_min = σ̄(0) when that is positive (the geometric schedule), else 1e-14 (the integrand has
+    features at every scale of σ near 0 when p0 has small probabilities; [0, 1e-14] adds
+    < 1e-12). For a schedule with σ̄(1) = ∞ (log-linear, ε = 0) pass a finite sigma_max where the
+    integrand has decayed (it falls like e^{−σ})."""
     x, w = np.polynomial.legendre.leggauss(nodes)
     out = torch.zeros(len(model.clean), dtype=torch.float64)
     S = len(model.states)
     smax = total(1.0) if sigma_max is None else sigma_max
-    lo, hi = math.log(1e-14), math.log(smax)             # σ = e^v: resolves every scale near 0
+    smin = (total(0.0) or 1e-14) if sigma_min is None else sigma_min
+    lo, hi = math.log(smin), math.log(smax)              # σ = e^v: resolves every scale near 0
     v = lo + (hi - lo) * (x + 1) / 2
     for s, ds in zip(np.exp(v), (hi - lo) / 2 * w * np.exp(v)):
         s, ds = float(s), float(ds)

@@ -8,10 +8,10 @@ import torch
 
 from sedd_kernels import reference as R
 
-from exact import ExactModel, exact_bound, loglinear, prior_term, tv
+from exact import ExactModel, exact_bound, geometric, loglinear, prior_term, tv
 from sedd.graphs import General, get_graph
 from sedd.losses import likelihood_bound
-from sedd.noise import LogLinear
+from sedd.noise import Geometric, LogLinear
 from sedd.sampling import sample
 
 EPS = 1e-3
@@ -80,25 +80,44 @@ def test_bound_gap_with_a_leaky_prior_is_the_prior_mismatch(graph, capsys):
     assert gap.abs().max() < 3 * L * EPS * math.log(n)
 
 
-@pytest.mark.parametrize("graph", ["absorb"])
-def test_evaluate_code_path_matches_the_exact_bound(graph):
-    """sedd.losses.likelihood_bound (the evaluate.py path: fused perturbation and loss, K
-    stratified timesteps) with the oracle network equals the exact integral within its
-    standard error. (For the uniform graph the integrand is heavy-tailed near σ → 0 — the
-    ℓ_{x0}/expm1(σ) term on the rare positions that moved — and 200 × 32 draws put the estimate
-    3–4 reported standard errors away: uniform-in-t stratification is not enough there.)"""
+@pytest.mark.parametrize("graph, schedule", [("absorb", "loglinear"), ("uniform", "loglinear"),
+                                             ("general", "loglinear"), ("uniform", "geometric")])
+def test_evaluate_code_path_matches_the_exact_bound(graph, schedule, capsys):
+    """The integral of SEDD.md §4 (paper, Thm 3.6), ∫₀¹ σ̇(t) E_{x_t ~ P(σ̄(t))[:, x0]}[Σ_i SE_i] dt:
+    sedd.losses.likelihood_bound — the evaluate.py path: fused perturbation and loss, K = 32
+    stratified noise levels per sequence — run with the oracle network (the exact marginal score)
+    agrees with the exact integral (Gauss–Legendre in log σ, tests/exact.py) for every x0 within
+    3 of its *reported* standard errors (1000 repeats pooled), and the reported standard errors
+    are honest: within 15% of the spread of the repeated estimates.
+
+    The uniform and general graphs make the integrand heavy-tailed near σ → 0 (a position that
+    moved, with probability ∝ σ, costs ∝ log(1/σ)/σ); uniform-in-t stratification put the
+    estimate 3–4 reported standard errors off there. NoiseLevelSampler's change of variable
+    (logistic in log(e^σ − 1), spread 3) makes the variance finite and its estimate reliable:
+    over 30 seeds × 9 x0 the z-scores have mean −0.03 to −0.05 and sd 1.02–1.04."""
     n, L = 3, 2
-    M = ExactModel(graph, n, L, p0_cases(n, L)["random"])
-    total, rate = loglinear(EPS)
+    M = make_model(graph, "random", n, L)
+    if schedule == "loglinear":
+        total, rate = loglinear(EPS)
+        noise = LogLinear(EPS)
+    else:
+        total, rate = geometric(1e-4, 20.0)
+        noise = Geometric(1e-4, 20.0)
     exact = exact_bound(M, total, rate, nodes=100)
-    g, noise = get_graph(graph, n), LogLinear(EPS)
-    reps = 200
-    x0 = M.clean.repeat(reps, 1)
-    bound, prior, se = likelihood_bound(M.network(), x0, g, noise, 32,
+    g = General(M.Q) if graph == "general" else get_graph(graph, n)
+    reps = 1000
+    bound, prior, se = likelihood_bound(M.network(), M.clean.repeat(reps, 1), g, noise, 32,
                                         torch.Generator().manual_seed(0))
-    est = (bound - prior).view(reps, -1).mean(0)
-    err = (bound - prior).view(reps, -1).std(0) / math.sqrt(reps)
-    assert ((est - exact).abs() <= 4 * err + 1e-9).all(), (est, exact, err)
+    per = (bound - prior).view(reps, -1)
+    est = per.mean(0)
+    reported = (se.view(reps, -1) ** 2).sum(0).sqrt() / reps      # SE of the mean of the repeats
+    spread = per.std(0) / math.sqrt(reps)
+    z = (est - exact) / reported
+    with capsys.disabled():
+        print(f"\n{graph}, {schedule}: z-scores per x0 {[round(v, 2) for v in z.tolist()]}; "
+              f"reported SE / spread {[round(v, 2) for v in (reported / spread).tolist()]}")
+    assert (z.abs() <= 3).all(), (est, exact, reported)
+    assert ((reported / spread - 1).abs() < 0.15).all(), (reported, spread)
 
 
 def noise_floor(M, N):
