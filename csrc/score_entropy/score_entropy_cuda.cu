@@ -123,7 +123,7 @@ __device__ __forceinline__ double row_sum(A v, double* smem) {
 
 // A barrier among the TPR threads of a row.
 template <int TPR>
-__device__ __forceinline__ void __syncthreads_or_warp() {
+__device__ __forceinline__ void row_barrier() {
   if constexpr (TPR == 32) {
     __syncwarp();
   } else {
@@ -264,7 +264,7 @@ se_with_grad_kernel(T* base, int64_t sB, int64_t sL, int64_t rows, int64_t L, in
                });
   const double sum_exp = row_sum<TPR>(se_part, smem);
   const double sum_l = g == Graph::kUniform ? row_sum<TPR>(sl_part, smem + kBlock / 32) : 0.0;
-  __syncthreads_or_warp<TPR>();  // every thread has read raw_x0 / raw_zero before any write
+  row_barrier<TPR>();  // every thread has read raw_x0 / raw_zero before any write
   if (t == 0) {
     const double l_x0 = static_cast<double>(raw_x0) + o;
     const double loss = g == Graph::kAbsorb
