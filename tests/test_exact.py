@@ -120,6 +120,40 @@ def test_evaluate_code_path_matches_the_exact_bound(graph, schedule, capsys):
     assert ((reported / spread - 1).abs() < 0.15).all(), (reported, spread)
 
 
+@pytest.mark.parametrize("low_discrepancy", [False, True])
+def test_noise_levels_are_stratified_and_optionally_low_discrepancy(low_discrepancy):
+    """likelihood_bound's k-th evaluation of every sequence lies in the k-th of K equal strata of
+    w (NoiseLevelSampler's variable, recovered from the σ the network sees); with
+    batch_low_discrepancy (MDLM's sampler) the B draws of a stratum also fall one in each of its
+    B equal slices, in a random order (each sequence's draw stays uniform over the stratum)."""
+    from sedd.losses import NoiseLevelSampler, _log_expm1
+    B, K, n = 16, 4, 3
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, sigma):
+            seen.append(sigma.double())
+            return torch.zeros(*x.shape, n + 1)
+
+    noise = LogLinear(EPS)
+    x0 = torch.randint(0, n, (B, 2), generator=torch.Generator().manual_seed(1))
+    likelihood_bound(Spy(), x0, get_graph("absorb", n), noise, K, torch.Generator().manual_seed(2),
+                     batch_low_discrepancy=low_discrepancy)
+    S = NoiseLevelSampler(noise)
+    slots = []
+    for k, sigma in enumerate(seen):
+        u = torch.sigmoid((_log_expm1(sigma) - S.mu) / S.spread)
+        w = ((u - S.u0) / (S.u1 - S.u0)).double()      # float32 σ: w to ~1e-6
+        assert ((w * K > k - 1e-4) & (w * K < k + 1 + 1e-4)).all()
+        slots.append(((w * K - k) * B).floor().clamp(0, B - 1).long())
+    if low_discrepancy:
+        for slot in slots:
+            assert sorted(slot.tolist()) == list(range(B))
+        assert any(not torch.equal(slots[0], s) for s in slots[1:])
+    else:
+        assert any(len(set(s.tolist())) < B for s in slots)    # independent draws collide
+
+
 def noise_floor(M, N):
     p = M.p0[M.p0 > 0]
     return float(0.5 * (torch.sqrt(2 * p * (1 - p) / (math.pi * N))).sum())
