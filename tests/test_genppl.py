@@ -159,3 +159,33 @@ def test_protocols_on_a_local_text_file(tmp_path):
     eos = 50256
     assert b.x0.shape == (3, L) and (b.x0[:, 0] == eos).all() and (b.x0[:, -1] == eos).all()
     assert b.x0[:, 1:-1].reshape(-1).tolist() == mdlm_stream(tail, eos, eos)[:3 * (L - 2)].tolist()
+
+
+@needs_ranks
+@pytest.mark.parametrize("protocol, name, split", [("sedd", "wikitext2", "train"),
+                                                   ("sedd", "wikitext103", "test"),
+                                                   ("mdlm", "wikitext103", "validation"),
+                                                   ("mdlm", "lm1b", "test")])
+def test_protocols_read_their_splits(monkeypatch, tmp_path, protocol, name, split):
+    """The split each protocol evaluates (SEDD: test, WikiText-2 train; MDLM: validation, LM1B
+    test), read through `datasets` (replaced here by an in-memory corpus: no network),
+    detokenized, EOS-joined, cached, and laid out as the protocol says."""
+    pytest.importorskip("tiktoken", reason="tiktoken is a `train` extra")
+    datasets = pytest.importorskip("datasets")
+    from sedd.data import DETOKENIZERS, HF_NAMES, get_tokenizer
+    from sedd.evaluation import evaluation_set, mdlm_blocks, sedd_blocks
+    docs = [f"Document {i} : it was the best of times , it was the worst of times ." for i in range(40)]
+    asked = []
+
+    def fake_load_dataset(path, config=None, split=None):
+        asked.append((path, config, split))
+        return datasets.Dataset.from_dict({"text": docs})
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    spec, L = "gpt2:" + TIKTOKEN, 24
+    ev = evaluation_set(protocol, name, spec, L, num=0, cache_dir=str(tmp_path))
+    assert asked == [(HF_NAMES[name][0], HF_NAMES[name][1], split)] and split in ev.source
+    tok = get_tokenizer(spec)
+    detok = DETOKENIZERS.get(name, lambda s: s)
+    stream = np.concatenate([tok.encode(detok(d)) + [tok.eos] for d in docs])
+    expected = sedd_blocks(stream, L) if protocol == "sedd" else mdlm_blocks(stream, L, tok.eos, tok.eos)
+    assert ev.x0.tolist() == expected.tolist() and len(expected) > 5
