@@ -225,10 +225,14 @@ class DDiT(nn.Module):
         log-softmax of clean_log_probs (not to the raw projection)."""
         if not self.config.scale_by_sigma:
             return None
-        esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        # log(e^σ − 1) without overflow: e^σ overflows float32 above σ ≈ 88, where the log is
+        # σ + log1p(−e^{−σ}) (σ = ∞ gives the limit, an offset of −∞)
+        small = sigma < 20
+        log_esigm1 = torch.where(small, torch.log(torch.expm1(sigma.clamp(max=20))),
+                                 sigma + torch.log1p(-torch.exp(-sigma)))
         if self.time_independent:
-            return -torch.log(esigm1)
-        return -torch.log(esigm1) - math.log(self.config.vocab_size - 1)
+            return -log_esigm1
+        return -log_esigm1 - math.log(self.config.vocab_size - 1)
 
     def clean_log_probs(self, x):
         """Time-independent parametrisation of the absorbing graph (mask M = V − 1): the network
