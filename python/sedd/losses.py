@@ -116,8 +116,13 @@ def score_entropy_sum(model, x0, graph, sigma, generator=None):
     one sample of the bound's integrand f(σ̄) (SEDD.md §3, §4), [B] float64 on the CPU."""
     sigma = sigma.to(torch.float64).cpu()
     xt = graph.perturb(x0, sigma.to(x0.device), generator if x0.device.type == "cpu" else None)
-    log_score = model(xt, sigma.to(device=x0.device, dtype=torch.float32))
-    return graph.score_entropy(log_score, xt, x0, sigma.to(x0.device)).sum(-1).double().cpu()
+    sigma32 = sigma.to(device=x0.device, dtype=torch.float32)
+    if can_fuse_linear(model, graph):   # per-token losses without materialising [B, L, V]
+        se = model(xt, sigma32, fused_loss=dict(x_0=x0, sigma_total=sigma.to(x0.device),
+                                                 graph=graph.name, reduction="none"))
+    else:
+        se = graph.score_entropy(model(xt, sigma32), xt, x0, sigma.to(x0.device))
+    return se.sum(-1).double().cpu()
 
 
 def stratified_stderr(vals: torch.Tensor) -> torch.Tensor:

@@ -262,10 +262,12 @@ class DDiT(nn.Module):
         sedd_kernels.linear_score_entropy. (The clean parametrisation has a log-softmax there.)"""
         return not self.time_independent
 
-    def fused_loss(self, x, sigma, *, x_0, sigma_total, graph, token_weight):
-        """Σ token_weight·SE(forward(x, σ), x_0) (SEDD.md §3) without materialising the log-scores:
-        the output projection, the scale_by_sigma offset and the loss fused in row chunks (the
-        zero at the current token is the loss's own rule). Same value as the unfused path."""
+    def fused_loss(self, x, sigma, *, x_0, sigma_total, graph, token_weight=None,
+                   reduction="sum"):
+        """Σ token_weight·SE(forward(x, σ), x_0) (SEDD.md §3) — or with reduction="none" the
+        per-token SE [B, L] — without materialising the log-scores: the output projection, the
+        scale_by_sigma offset and the loss fused in row chunks (the zero at the current token is
+        the loss's own rule). Same value as the unfused path."""
         if not self.supports_fused_loss:
             raise ValueError("fused_loss needs parametrisation='score'")
         import sedd_kernels as sk
@@ -275,7 +277,7 @@ class DDiT(nn.Module):
         hidden = modulate(fl.norm_final(h), shift, scale)
         return sk.linear_score_entropy(hidden, fl.linear.weight, fl.linear.bias, x, x_0,
                                        sigma_total, graph, self.log_score_offset(sigma.float()),
-                                       reduction="sum", token_weight=token_weight)
+                                       reduction=reduction, token_weight=token_weight)
 
     def forward(self, x, sigma, fused_loss=None):
         """Log-scores [B, L, V]; or, with fused_loss = dict(x_0=, sigma_total=, graph=,
