@@ -251,8 +251,8 @@ class DDiT(nn.Module):
         e^{−σ} p(y | x) / (1 − e^{−σ}), so ℓ_y = log p(y | x) − log expm1(σ) for y < M, and
         ℓ_M = 0 (the current token), as usual. Rows of unmasked positions hold the same shifted
         values (ℓ_x = 0, −log expm1(σ) in the mask column); neither the absorbing loss nor the
-        absorbing steps read them. Cheap: the
-        sampler's cache calls this alone when x has not changed."""
+        absorbing steps read them. Cheap: the sampler's cache calls this alone when x has not
+        changed."""
         out = log_probs + self.log_score_offset(sigma.float())[:, None, None]
         return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
 
