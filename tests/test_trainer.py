@@ -309,6 +309,14 @@ def test_corrupt_or_missing_checkpoints(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
 
 
+def test_resume_rejects_a_different_parametrisation(tmp_path):
+    """Weights of a σ-conditioned model have the shapes of a time-independent one: resuming with
+    the other --parametrisation must fail clearly, not load silently."""
+    Trainer(small_cfg(tmp_path / "run", steps=1)).fit()
+    with pytest.raises(ValueError, match="parametrisation = 'score', this run has 'clean'"):
+        Trainer(small_cfg(tmp_path / "run", steps=2, resume=True, parametrisation="clean"))
+
+
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 @pytest.mark.parametrize("predictor", ["analytic", "euler"])
 def test_sampler_keeps_given_positions_and_never_outputs_the_mask(graph, predictor):

@@ -192,7 +192,19 @@ class Trainer:
         if not os.path.exists(os.path.join(self.ckpt_root, "latest")):
             raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_root} "
                                     f"(expected {self.ckpt_root}/latest)")
-        weights, ema, state, _, path = load_checkpoint(self.cfg.out, map_location=self.device)
+        weights, ema, state, saved, path = load_checkpoint(self.cfg.out, map_location=self.device)
+        # Settings that change what the weights mean must match (same shapes would load silently).
+        saved_model = (saved or {}).get("model", {})
+        for key in ("parametrisation", "scale_by_sigma", "vocab_size", "hidden_size", "n_blocks",
+                    "n_heads", "cond_dim"):
+            was, now = saved_model.get(key, "score" if key == "parametrisation" else None), \
+                getattr(self.model_cfg, key)
+            if was is not None and was != now:
+                raise ValueError(f"--resume: the checkpoint {path} was trained with {key} = "
+                                 f"{was!r}, this run has {now!r}")
+        if (saved or {}).get("graph", self.cfg.graph) != self.cfg.graph:
+            raise ValueError(f"--resume: the checkpoint {path} was trained with --graph "
+                             f"{saved['graph']!r}, this run has {self.cfg.graph!r}")
         self.model.load_state_dict(weights, strict=True)
         self.ema_model.load_state_dict(ema, strict=True)
         self.opt.load_state_dict(state["optimizer"])
