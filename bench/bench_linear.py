@@ -10,7 +10,9 @@ H = 768, V = 50258, N = B·L ∈ {4096, 16384} on GPU ({512, 4096} on CPU, fp32 
 graph with half the positions masked (the average over t of the log-linear schedule) and the
 uniform graph. Peak memory is measured once per case, outside the timed rounds: on CUDA
 max_memory_allocated above what was allocated before; on CPU the growth of the peak resident set
-(VmHWM, reset through /proc/self/clear_refs) — both include the gradients themselves.
+(VmHWM, reset through /proc/self/clear_refs). "peak" includes the three gradients the stage
+returns (the fp32 weight gradient alone is 154 MB); "work" is peak minus those gradients: the
+memory the loss stage needs beyond its inputs and outputs.
 """
 
 
@@ -88,13 +90,16 @@ def step_fn(impl, graph, hidden, weight, bias, xt, x0, sigma, offset, tw):
 def test_linear_score_entropy(benchmark, device, dtype, B, L, graph, impl):
     inputs = make(device, dtype, B, L, graph)
     run = step_fn(impl, graph, *inputs)
-    run()                                             # warm-up
+    grads = run()                                     # warm-up
+    grad_bytes = sum(g.numel() * g.element_size() for g in grads)
+    del grads
     peak = peak_bytes(run, device)
     fast = device == "cuda"
     benchmark.pedantic(run, rounds=10 if fast else 2, iterations=1, warmup_rounds=1 if fast else 0)
     median = benchmark.stats.stats.median
     N = B * L
-    benchmark.extra_info.update(machine=machine(device), peak_bytes=peak, tokens=N,
-                                tokens_per_s=round(N / median))
+    benchmark.extra_info.update(machine=machine(device), peak_bytes=peak, grad_bytes=grad_bytes,
+                                tokens=N, tokens_per_s=round(N / median))
     LINEAR_RESULTS.append(dict(machine=machine(device), dtype=str(dtype)[6:], N=N, graph=graph,
-                               impl=impl, median_s=median, peak_bytes=peak))
+                               impl=impl, median_s=median, peak_bytes=peak,
+                               grad_bytes=grad_bytes))

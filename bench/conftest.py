@@ -110,22 +110,28 @@ def record(benchmark, *, op, device, dtype, case, impl, pass_, bytes_moved, size
 
 
 def _linear_summary(tr):
-    """Loss stage at V = 50258: time and peak memory of each implementation, and the ratios of
-    the baselines to the fused op."""
+    """Loss stage at V = 50258: time, peak memory and working memory (peak minus the gradients
+    returned) of each implementation, and the baselines' ratios to the fused op."""
     tr.section("linear_score_entropy: loss stage (fwd+bwd) time and peak memory")
-    tr.write_line(f"{'machine':<34}{'dtype':<10}{'N':>7}  {'graph':<9}{'impl':<17}{'ms':>10}"
-                  f"{'x fused':>9}{'peak MB':>10}{'peak/fused':>11}")
+    tr.write_line(f"{'machine':<34}{'dtype':<10}{'N':>7}  {'graph':<9}{'impl':<17}{'ms':>9}"
+                  f"{'x fused':>9}{'peak MB':>9}{'work MB':>9}{'peak/f':>8}{'work/f':>8}")
     fused = {(r["machine"], r["dtype"], r["N"], r["graph"]): r for r in LINEAR_RESULTS
              if r["impl"] == "fused"}
+
+    def work(r):
+        return None if r["peak_bytes"] is None else r["peak_bytes"] - r["grad_bytes"]
+
+    def ratio(a, b):
+        return f"{a / b:8.1f}" if (a is not None and b) else f"{'-':>8}"
+
     for r in sorted(LINEAR_RESULTS, key=lambda r: (r["machine"], r["dtype"], r["N"], r["graph"])):
         f = fused.get((r["machine"], r["dtype"], r["N"], r["graph"]))
-        ratio = f"{r['median_s'] / f['median_s']:9.2f}" if f else f"{'-':>9}"
-        peak = r["peak_bytes"]
-        mem = f"{peak / 2 ** 20:10.0f}" if peak is not None else f"{'-':>10}"
-        mratio = (f"{peak / f['peak_bytes']:11.1f}" if f and peak and f["peak_bytes"]
-                  else f"{'-':>11}")
+        t = f"{r['median_s'] / f['median_s']:9.2f}" if f else f"{'-':>9}"
+        mb = lambda b: f"{b / 2 ** 20:9.0f}" if b is not None else f"{'-':>9}"  # noqa: E731
         tr.write_line(f"{r['machine'][:33]:<34}{r['dtype']:<10}{r['N']:>7}  {r['graph']:<9}"
-                      f"{r['impl']:<17}{r['median_s'] * 1e3:10.1f}{ratio}{mem}{mratio}")
+                      f"{r['impl']:<17}{r['median_s'] * 1e3:9.1f}{t}{mb(r['peak_bytes'])}"
+                      f"{mb(work(r))}{ratio(r['peak_bytes'], f and f['peak_bytes'])}"
+                      f"{ratio(work(r), f and work(f))}")
 
 
 def pytest_terminal_summary(terminalreporter):

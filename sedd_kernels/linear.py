@@ -72,14 +72,20 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
 @torch.library.custom_op("sedd::linear_score_entropy_rows", mutates_args=())
 def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x_0: Tensor,
           sigma: Tensor, offset: Optional[Tensor], row_weight: Optional[Tensor], graph: str,
-          chunk: int, compute_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+          chunk: int, compute_grad: bool,
+          compute_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                Tensor]:
     """Flat rows: hidden [N, H], weight [V, H], bias [V]?, x_t/x_0 [N] int64, sigma [N] float64,
-    offset [N]?, row_weight [N]? (the multiplier of each row's gradient; 1 if None).
+    offset [N]?, row_weight [N]? (the multiplier of each row's gradient; 1 if None);
+    compute_dtype: the dtype of the products (autocast's; default hidden's) — hidden, weight and
+    bias are cast to it once, and the gradients come back in their own dtypes, the weight's
+    accumulated in fp32 (so an fp32 weight gets the fp32 accumulator itself, no copy).
     Returns (loss [N], grad_hidden [N, H], grad_weight [V, H], grad_bias [V], grad_offset [N]);
     the gradients are empty [0] tensors when not compute_grad (grad_bias also when bias is None)."""
     N, H = hidden.shape
     V = weight.shape[0]
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    cd = compute_dtype or hidden.dtype
+    acc = torch.float64 if cd == torch.float64 else torch.float32
     loss = torch.zeros(N, dtype=acc, device=hidden.device)
     def empty():  # a distinct tensor per output (outputs may not alias each other)
         return hidden.new_empty(0)
@@ -97,7 +103,10 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
     n_active = N if rows is None else rows.numel()
     if chunk <= 0:
         chunk = default_chunk(n_active, H, V, hidden.element_size(), hidden.device)
-    wt = weight.t()
+    hid_c = hidden.to(cd)          # no copy when the dtypes agree; else one cast, as nn.Linear
+    w_c = weight.to(cd)
+    b_c = bias.to(cd) if bias is not None else None
+    wt = w_c.t()
     with torch.autocast(hidden.device.type, enabled=False):
         for s in range(0, n_active, chunk):
             e = min(s + chunk, n_active)
@@ -107,8 +116,8 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
             else:
                 idx = rows[s:e]
                 pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731
-            h = pick(hidden)
-            logits = torch.addmm(bias, h, wt) if bias is not None else h @ wt    # [n, V]
+            h = pick(hid_c)
+            logits = torch.addmm(b_c, h, wt) if b_c is not None else h @ wt      # [n, V]
             off, rw = pick(offset), pick(row_weight)
             part = torch.ops.sedd.score_entropy_with_grad_(
                 logits.view(n, 1, V), pick(x_t).view(n, 1), pick(x_0).view(n, 1), pick(sigma),
@@ -122,10 +131,10 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
                 continue
             g = logits                                                         # now ∂/∂logits
             if rows is None:
-                gh[s:e] = g @ weight
+                gh[s:e] = g @ w_c
                 go[s:e] = g.sum(1, dtype=acc)
             else:
-                gh.index_copy_(0, idx, g @ weight)
+                gh.index_copy_(0, idx, (g @ w_c).to(gh.dtype))
                 go.index_copy_(0, idx, g.sum(1, dtype=acc))
             _accumulate(gw, g.t(), h)
             if bias is not None:
@@ -141,10 +150,10 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
 
 @_rows.register_fake
 def _rows_fake(hidden, weight, bias, x_t, x_0, sigma, offset, row_weight, graph, chunk,
-               compute_grad):
+               compute_grad, compute_dtype=None):
     N, H = hidden.shape
     V = weight.shape[0]
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc = torch.float64 if (compute_dtype or hidden.dtype) == torch.float64 else torch.float32
     loss = hidden.new_empty(N, dtype=acc)
     if not compute_grad:
         return loss, *(hidden.new_empty(0) for _ in range(4))
@@ -156,15 +165,16 @@ def _rows_fake(hidden, weight, bias, x_t, x_0, sigma, offset, row_weight, graph,
 class _LinearScoreEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, x_t, x_0, sigma, offset, token_weight, graph, chunk,
-                reduction, compute_grad):
-        ctx.reduction, ctx.graph, ctx.chunk = reduction, graph, chunk
+                reduction, compute_grad, compute_dtype):
+        ctx.reduction, ctx.graph, ctx.chunk, ctx.cd = reduction, graph, chunk, compute_dtype
         ctx.has_bias, ctx.has_offset = bias is not None, offset is not None
         if reduction == "sum":
             loss, gh, gw, gb, go = _rows(hidden, weight, bias, x_t, x_0, sigma, offset,
-                                         token_weight, graph, chunk, compute_grad)
+                                         token_weight, graph, chunk, compute_grad, compute_dtype)
             ctx.save_for_backward(gh, gw, gb, go)
             return (loss * token_weight).sum() if token_weight is not None else loss.sum()
-        loss = _rows(hidden, weight, bias, x_t, x_0, sigma, offset, None, graph, chunk, False)[0]
+        loss = _rows(hidden, weight, bias, x_t, x_0, sigma, offset, None, graph, chunk, False,
+                     compute_dtype)[0]
         ctx.save_for_backward(hidden, weight, bias, x_t, x_0, sigma, offset)
         return loss
 
@@ -180,10 +190,10 @@ class _LinearScoreEntropy(torch.autograd.Function):
         else:
             hidden, weight, bias, x_t, x_0, sigma, offset = ctx.saved_tensors
             _, *grads = _rows(hidden, weight, bias, x_t, x_0, sigma, offset, grad.contiguous(),
-                              ctx.graph, ctx.chunk, True)
+                              ctx.graph, ctx.chunk, True, ctx.cd)
         gh, gw, gb, go = grads
         return (gh, gw, gb if ctx.has_bias else None, None, None, None,
-                go if ctx.has_offset else None, None, None, None, None, None)
+                go if ctx.has_offset else None, None, None, None, None, None, None)
 
 
 def _per_row(t, B, L, name, device, dtype=None):
@@ -230,9 +240,10 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
         validate: check token ids and sigma (one host sync on CUDA); default True outside
             torch.compile.
 
-    Under autocast, hidden, weight and bias are cast to the autocast dtype first (as
-    ``nn.Linear`` would be); products accumulate in fp32 and ``grad_weight`` is accumulated over
-    chunks in fp32 before its final cast.
+    Under autocast the products run in the autocast dtype (hidden, weight and bias cast once
+    inside the op, as ``nn.Linear`` would be), accumulate in fp32, and ``grad_weight`` is
+    accumulated over chunks in fp32 and returned in the weight's dtype: an fp32 parameter gets
+    the fp32 accumulator itself (no bf16 round trip, no extra copy).
     """
     graph = _normalise_graph(graph)
     if reduction not in ("none", "sum"):
@@ -278,10 +289,9 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
         _check_values(_OP, V, x_t, x_0, sig, graph)
 
     dt = hidden.device.type
+    compute_dtype = None
     if torch.is_autocast_enabled(dt) and hidden.dtype != torch.float64:
-        cast = torch.get_autocast_dtype(dt)
-        hidden, weight = hidden.to(cast), weight.to(cast)
-        bias = bias.to(cast) if bias is not None else None
+        compute_dtype = torch.get_autocast_dtype(dt)
     elif weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
         raise TypeError(f"{_OP}: hidden, weight and bias must share a dtype outside autocast, "
                         f"got {hidden.dtype}, {weight.dtype}, "
@@ -297,6 +307,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
     compute_grad = torch.is_grad_enabled() and any(needs)
     out = _LinearScoreEntropy.apply(
         hidden.reshape(B * L, H), weight, bias, x_t.reshape(B * L), x_0.reshape(B * L),
-        rows_sigma, offset, tw, graph, int(chunk_size or 0), reduction, compute_grad)
+        rows_sigma, offset, tw, graph, int(chunk_size or 0), reduction, compute_grad,
+        compute_dtype)
     return out.view(B, L) if reduction == "none" else out
 

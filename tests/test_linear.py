@@ -212,6 +212,11 @@ def test_opcheck(graph):
         torch.library.opcheck(_rows, (h.reshape(8, 8), w, b, xt.reshape(-1), x0.reshape(-1),
                                       rows_sigma, rows_off, torch.rand(8, dtype=torch.float64),
                                       graph, 3, compute_grad))
+        # fp32 inputs, bf16 products (the autocast path): gradients in the inputs' dtypes
+        f32 = [t.float() for t in (h.reshape(8, 8), w, b)]
+        torch.library.opcheck(_rows, (*f32, xt.reshape(-1), x0.reshape(-1), rows_sigma,
+                                      rows_off.float(), None, graph, 3, compute_grad,
+                                      torch.bfloat16))
     ls, xt2, x02, sig2 = make_batch(2, 3, 7, graph)
     torch.library.opcheck(torch.ops.sedd.score_entropy_with_grad_.default,
                           (ls.float(), xt2, x02, sig2, graph, torch.randn(2, 3), torch.rand(2, 3)))
