@@ -128,6 +128,7 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
             else:
                 loss.index_copy_(0, idx, part)
             if not compute_grad:
+                del logits             # free this chunk's block before the next one is made
                 continue
             g = logits                                                         # now ∂/∂logits
             if rows is None:
@@ -139,6 +140,7 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
             _accumulate(gw, g.t(), h)
             if bias is not None:
                 gb += g.sum(0, dtype=acc)
+            del logits, g              # free this chunk's block before the next one is made
     if compute_grad:
         gw = gw.to(weight.dtype)
         if bias is not None:
