@@ -33,6 +33,16 @@ def make_batch(B, L, V, graph, *, dtype=torch.float64, device="cpu", mask_frac=0
     return (log_score.to(device), x_t.to(device), x_0.to(device), sigma.to(device))
 
 
+def tiny_run_config(out, **overrides):
+    """The TrainConfig of the short tiny CPU runs that the sampling/evaluation tests train on."""
+    from sedd.trainer import TrainConfig
+    base = dict(steps=40, batch_size=16, seq_len=24, lr=3e-3, warmup=5, ema=0.5, eval_every=1000,
+                save_every=1000, sample_every=1000, out=str(out), progress=False,
+                final_report=False, hidden_size=32, n_blocks=2, n_heads=2, device="cpu")
+    base.update(overrides)
+    return TrainConfig.from_preset("tiny", **base)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same global RNG state: failures reproduce."""

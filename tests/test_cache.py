@@ -22,6 +22,8 @@ from sedd.noise import Geometric, LogLinear
 from sedd.sampling import sample
 from sedd.trainer import TrainConfig, Trainer
 
+from conftest import tiny_run_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.0, max_length=32)
 N = 40  # real tokens; V = 41, mask 40
@@ -219,10 +221,7 @@ def test_cached_sampler_keeps_given_positions_and_never_outputs_the_mask(predict
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("clean_run")
-    cfg = TrainConfig.from_preset(
-        "tiny", steps=40, batch_size=16, seq_len=24, lr=3e-3, warmup=5, ema=0.5, eval_every=1000,
-        save_every=1000, sample_every=1000, out=str(out), progress=False, final_report=False,
-        hidden_size=32, n_blocks=2, n_heads=2, device="cpu", parametrisation="clean")
+    cfg = tiny_run_config(out, parametrisation="clean")
     trainer = Trainer(cfg)
     assert trainer.model.time_independent
     held_out = torch.stack([trainer.corpus.valid[i] for i in range(32)])

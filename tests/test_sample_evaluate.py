@@ -11,7 +11,9 @@ import torch
 
 from sedd.hub import from_pretrained, save_pretrained
 from sedd.inference import condition_from, load_for_inference
-from sedd.trainer import TrainConfig, Trainer
+from sedd.trainer import Trainer
+
+from conftest import tiny_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,10 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig.from_preset(
-        "tiny", steps=40, batch_size=16, seq_len=24, lr=3e-3, warmup=5, ema=0.5, eval_every=1000,
-        save_every=1000, sample_every=1000, out=str(out), progress=False, final_report=False,
-        hidden_size=32, n_blocks=2, n_heads=2, device="cpu")
+    cfg = tiny_run_config(out)
     Trainer(cfg).fit()
     return out
 
