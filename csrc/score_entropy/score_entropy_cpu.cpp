@@ -58,74 +58,96 @@ Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& 
 
 int64_t row_grain(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
 
+// What every kernel loops over: rows r = b·L + i of log_score (int64 offsets throughout) and the
+// prepared per-row inputs.
+template <typename T>
+struct Rows {
+  T* base;
+  int64_t sB, sL, B, L, V;
+  Graph g;
+  const int64_t* xt;
+  const int64_t* x0;
+  const double* sig;
+
+  Rows(const at::Tensor& log_score, const Prepared& p)
+      : base(log_score.data_ptr<T>()), sB(log_score.stride(0)), sL(log_score.stride(1)),
+        B(p.a.B), L(p.a.L), V(p.a.V), g(p.a.graph), xt(p.xt.data_ptr<int64_t>()),
+        x0(p.x0.data_ptr<int64_t>()), sig(p.sigma.data_ptr<double>()) {}
+
+  T* row(int64_t r) const { return base + (r / L) * sB + (r % L) * sL; }
+  double sigma(int64_t r) const { return sig[r / L]; }
+
+  template <typename F>
+  void for_each(F&& f) const {
+    at::parallel_for(0, B * L, row_grain(V), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) f(r);
+    });
+  }
+};
+
+// The loss of one active row of ℓ = row + off, from one pass over it.
+template <typename T>
+double row_loss(const Rows<T>& v, const T* row, int64_t r, const se::RowConst& c, double off) {
+  const int64_t x = v.xt[r];
+  const double l_x0 = static_cast<double>(load(row + v.x0[r])) + off;
+  const acc_t<T> oa = static_cast<acc_t<T>>(off);
+  double sum_exp = 0.0, sum_l = 0.0;
+  if (v.g == Graph::kAbsorb) {
+    row_sums<false>(row, 0, v.V - 1, sum_exp, sum_l, oa);
+    return se::absorb_loss(sum_exp, l_x0, c);
+  }
+  row_sums<true>(row, 0, x, sum_exp, sum_l, oa);
+  row_sums<true>(row, x + 1, v.V, sum_exp, sum_l, oa);
+  sum_l += static_cast<double>(v.V - 1) * off;
+  return se::uniform_loss(sum_exp, sum_l, l_x0, x == v.x0[r], c);
+}
+
+// orow[y] = g·∂SE/∂ℓ_y for ℓ = row + off. orow may be row itself (every entry is read before it
+// is written); the two special entries' inputs come in raw_x0 / raw_zero, read beforehand.
+template <typename T, typename A>
+void write_grad_row(const T* row, T* orow, int64_t V, A off, const se::GradConst<A>& k, A raw_x0,
+                    A raw_zero) {
+  int64_t j = 0;
+  if constexpr (!std::is_same_v<T, double>) {
+    for (; j + kVecLen <= V; j += kVecLen) {
+      cpu::vstore(orow + j, cpu::vexp(cpu::vload(row + j) + off) * k.a + k.b);  // grad_body
+    }
+  }
+  for (; j < V; ++j) store(orow + j, se::grad_body<A>(exp_acc(static_cast<A>(load(row + j)) + off), k));
+  // The (at most two) special entries: y = x0 and the zero entry (M or x).
+  store(orow + k.x0, se::grad_at<A>(k.x0, exp_acc(raw_x0 + off), k));
+  store(orow + k.zero, se::grad_at<A>(k.zero, exp_acc(raw_zero + off), k));
+}
+
 template <typename T, typename out_t>
 void forward_kernel(const at::Tensor& log_score, const Prepared& p, out_t* out) {
-  const T* base = log_score.data_ptr<T>();
-  const int64_t sB = log_score.stride(0), sL = log_score.stride(1);
-  const int64_t B = p.a.B, L = p.a.L, V = p.a.V;
-  const Graph g = p.a.graph;
-  const int64_t* xt = p.xt.data_ptr<int64_t>();
-  const int64_t* x0 = p.x0.data_ptr<int64_t>();
-  const double* sig = p.sigma.data_ptr<double>();
-  at::parallel_for(0, B * L, row_grain(V), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / L, i = r % L;
-      const int64_t x = xt[r];
-      if (!se::row_active(g, x, V)) {
-        out[r] = out_t(0);
-        continue;
-      }
-      const T* row = base + b * sB + i * sL;  // int64 offsets throughout
-      const se::RowConst c = se::row_const(g, sig[b], V);
-      const double l_x0 = static_cast<double>(load(row + x0[r]));
-      double sum_exp = 0.0, sum_l = 0.0;
-      double loss;
-      if (g == Graph::kAbsorb) {
-        row_sums<false>(row, 0, V - 1, sum_exp, sum_l);
-        loss = se::absorb_loss(sum_exp, l_x0, c);
-      } else {
-        row_sums<true>(row, 0, x, sum_exp, sum_l);
-        row_sums<true>(row, x + 1, V, sum_exp, sum_l);
-        loss = se::uniform_loss(sum_exp, sum_l, l_x0, x == x0[r], c);
-      }
-      out[r] = static_cast<out_t>(loss);
+  const Rows<T> v(log_score, p);
+  v.for_each([&](int64_t r) {
+    if (!se::row_active(v.g, v.xt[r], v.V)) {
+      out[r] = out_t(0);
+      return;
     }
+    const se::RowConst c = se::row_const(v.g, v.sigma(r), v.V);
+    out[r] = static_cast<out_t>(row_loss(v, v.row(r), r, c, 0.0));
   });
 }
 
 template <typename T>
 void backward_kernel(const double* gout, const at::Tensor& log_score, const Prepared& p, T* out) {
   using A = acc_t<T>;
-  const T* base = log_score.data_ptr<T>();
-  const int64_t sB = log_score.stride(0), sL = log_score.stride(1);
-  const int64_t L = p.a.L, V = p.a.V;
-  const Graph g = p.a.graph;
-  const int64_t* xt = p.xt.data_ptr<int64_t>();
-  const int64_t* x0 = p.x0.data_ptr<int64_t>();
-  const double* sig = p.sigma.data_ptr<double>();
-  at::parallel_for(0, p.a.B * L, row_grain(V), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / L, i = r % L;
-      const int64_t x = xt[r];
-      T* orow = out + r * V;
-      if (!se::row_active(g, x, V)) {
-        std::fill(orow, orow + V, T(0));
-        continue;
-      }
-      const T* row = base + b * sB + i * sL;
-      const se::RowConst c = se::row_const(g, sig[b], V);
-      const se::GradConst<A> k = se::grad_const<A>(g, gout[r], x, x0[r], c, V);
-      int64_t j = 0;
-      if constexpr (!std::is_same_v<T, double>) {
-        for (; j + kVecLen <= V; j += kVecLen) {
-          cpu::vstore(orow + j, cpu::vexp(cpu::vload(row + j)) * k.a + k.b);  // grad_body
-        }
-      }
-      for (; j < V; ++j) store(orow + j, se::grad_body<A>(exp_acc(load(row + j)), k));
-      // The (at most two) special entries: y = x0 and the zero entry (M or x).
-      store(orow + k.x0, se::grad_at<A>(k.x0, exp_acc(load(row + k.x0)), k));
-      store(orow + k.zero, se::grad_at<A>(k.zero, exp_acc(load(row + k.zero)), k));
+  const Rows<T> v(log_score, p);
+  const int64_t V = v.V;
+  v.for_each([&](int64_t r) {
+    T* orow = out + r * V;
+    if (!se::row_active(v.g, v.xt[r], V)) {
+      std::fill(orow, orow + V, T(0));
+      return;
     }
+    const T* row = v.row(r);
+    const se::RowConst c = se::row_const(v.g, v.sigma(r), V);
+    const se::GradConst<A> k = se::grad_const<A>(v.g, gout[r], v.xt[r], v.x0[r], c, V);
+    write_grad_row(row, orow, V, A(0), k, static_cast<A>(load(row + k.x0)),
+                   static_cast<A>(load(row + k.zero)));
   });
 }
 
@@ -137,52 +159,22 @@ template <typename T, typename out_t>
 void with_grad_kernel(const at::Tensor& log_score, const Prepared& p, const double* off,
                       const double* gout, out_t* out) {
   using A = acc_t<T>;
-  T* base = log_score.data_ptr<T>();
-  const int64_t sB = log_score.stride(0), sL = log_score.stride(1);
-  const int64_t B = p.a.B, L = p.a.L, V = p.a.V;
-  const Graph g = p.a.graph;
-  const int64_t* xt = p.xt.data_ptr<int64_t>();
-  const int64_t* x0 = p.x0.data_ptr<int64_t>();
-  const double* sig = p.sigma.data_ptr<double>();
-  at::parallel_for(0, B * L, row_grain(V), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / L, i = r % L;
-      const int64_t x = xt[r];
-      T* row = base + b * sB + i * sL;
-      if (!se::row_active(g, x, V)) {
-        out[r] = out_t(0);
-        std::fill(row, row + V, T(0));
-        continue;
-      }
-      const double o = off ? off[r] : 0.0;
-      const A oa = static_cast<A>(o);
-      const se::RowConst c = se::row_const(g, sig[b], V);
-      const se::GradConst<A> k = se::grad_const<A>(g, gout ? gout[r] : 1.0, x, x0[r], c, V);
-      const A raw_x0 = static_cast<A>(load(row + k.x0));
-      const A raw_zero = static_cast<A>(load(row + k.zero));
-      const double l_x0 = static_cast<double>(raw_x0) + o;
-      double sum_exp = 0.0, sum_l = 0.0;
-      double loss;
-      if (g == Graph::kAbsorb) {
-        row_sums<false>(row, 0, V - 1, sum_exp, sum_l, oa);
-        loss = se::absorb_loss(sum_exp, l_x0, c);
-      } else {
-        row_sums<true>(row, 0, x, sum_exp, sum_l, oa);
-        row_sums<true>(row, x + 1, V, sum_exp, sum_l, oa);
-        sum_l += static_cast<double>(V - 1) * o;
-        loss = se::uniform_loss(sum_exp, sum_l, l_x0, x == x0[r], c);
-      }
-      out[r] = static_cast<out_t>(loss);
-      int64_t j = 0;
-      if constexpr (!std::is_same_v<T, double>) {
-        for (; j + kVecLen <= V; j += kVecLen) {
-          cpu::vstore(row + j, cpu::vexp(cpu::vload(row + j) + oa) * k.a + k.b);  // grad_body
-        }
-      }
-      for (; j < V; ++j) store(row + j, se::grad_body<A>(exp_acc(static_cast<A>(load(row + j)) + oa), k));
-      store(row + k.x0, se::grad_at<A>(k.x0, exp_acc(raw_x0 + oa), k));
-      store(row + k.zero, se::grad_at<A>(k.zero, exp_acc(raw_zero + oa), k));
+  const Rows<T> v(log_score, p);
+  const int64_t V = v.V;
+  v.for_each([&](int64_t r) {
+    T* row = v.row(r);
+    if (!se::row_active(v.g, v.xt[r], V)) {
+      out[r] = out_t(0);
+      std::fill(row, row + V, T(0));
+      return;
     }
+    const double o = off ? off[r] : 0.0;
+    const se::RowConst c = se::row_const(v.g, v.sigma(r), V);
+    const se::GradConst<A> k = se::grad_const<A>(v.g, gout ? gout[r] : 1.0, v.xt[r], v.x0[r], c, V);
+    const A raw_x0 = static_cast<A>(load(row + k.x0));
+    const A raw_zero = static_cast<A>(load(row + k.zero));
+    out[r] = static_cast<out_t>(row_loss(v, row, r, c, o));
+    write_grad_row(row, row, V, static_cast<A>(o), k, raw_x0, raw_zero);
   });
 }
 
