@@ -1,5 +1,6 @@
 """Generative perplexity (sedd/genppl.py, evaluate.py --samples) under a tiny random GPT-2 with
-GPT-2's real tokenizer, built offline from ../shared/data/gpt2.tiktoken: the reported figure
+GPT-2's real tokenizer, built offline from ../shared/data/gpt2.tiktoken (or, where that file is
+absent, a byte-level BPE trained with `tokenizers`): the reported figure
 equals a direct per-token loop over the model's log-probabilities; and the evaluation protocols'
 block layouts (sedd/evaluation.py) on real text."""
 
@@ -28,25 +29,37 @@ TEXTS = ["Hello world, this is a test.",
          "and and and and and and and and and and and and and and and and"]
 
 
+def _has(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    """A folder with a 1-layer random GPT-2 (context 32) and GPT-2's tokenizer (fast, converted
-    from the tiktoken ranks), loadable by AutoModelForCausalLM / AutoTokenizer."""
-    if not os.path.exists(TIKTOKEN):
-        pytest.skip("../shared/data/gpt2.tiktoken is absent")
-    pytest.importorskip("tiktoken", reason="tiktoken is a `train` extra")
+    """A folder with a 1-layer random GPT-2 (context 32) and a real tokenizer, loadable by
+    AutoModelForCausalLM / AutoTokenizer: GPT-2's (fast, converted from the tiktoken ranks) when
+    ../shared/data is present, else a small byte-level BPE trained here with `tokenizers`."""
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-    from sedd.data import TiktokenGPT2
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    fast = TikTokenConverter(vocab_file=TIKTOKEN, pattern=TiktokenGPT2.PATTERN,
-                             extra_special_tokens={"<|endoftext|>": 50256}).converted()
+    if os.path.exists(TIKTOKEN) and _has("tiktoken"):
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+        from sedd.data import TiktokenGPT2
+        fast = TikTokenConverter(vocab_file=TIKTOKEN, pattern=TiktokenGPT2.PATTERN,
+                                 extra_special_tokens={"<|endoftext|>": 50256}).converted()
+    else:
+        from tokenizers import ByteLevelBPETokenizer
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(TEXTS * 4 + ["It was the best of times, it was the worst."],
+                                vocab_size=300, special_tokens=["<|endoftext|>"])
+        fast = bpe._tokenizer
     tok = PreTrainedTokenizerFast(tokenizer_object=fast, bos_token="<|endoftext|>",
                                   eos_token="<|endoftext|>", model_max_length=CONTEXT)
-    assert tok("Hello world, this is a test.")["input_ids"] == [15496, 995, 11, 428, 318, 257, 1332, 13]
+    if os.path.exists(TIKTOKEN) and _has("tiktoken"):
+        assert tok("Hello world, this is a test.")["input_ids"] == [15496, 995, 11, 428, 318,
+                                                                   257, 1332, 13]
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2,
-                     bos_token_id=50256, eos_token_id=50256)
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():                      # sharper than the init: log-probs far from uniform
         model.transformer.wte.weight.mul_(40.0)
@@ -69,7 +82,6 @@ def reference_nll(model, tok, text, context, stride):
     return total, len(ids) - 1
 
 
-@needs_ranks
 @pytest.mark.parametrize("stride", [16, 31])
 def test_score_texts_equals_a_direct_loop(tiny_lm, stride):
     from sedd.genppl import load_causal_lm, score_texts
@@ -85,7 +97,6 @@ def test_score_texts_equals_a_direct_loop(tiny_lm, stride):
     assert abs(total - math.log(len(tok))) > 0.5                # not the uniform model's value
 
 
-@needs_ranks
 def test_evaluate_cli_reports_the_generative_perplexity(tiny_lm, tmp_path):
     """evaluate.py --samples FILE --causal-lm FOLDER: the perplexity of the direct loop (default
     stride: half the context) and the unigram entropy of the samples' own tokens."""
