@@ -4,7 +4,9 @@ gradients of hidden, weight and bias — three ways, same run:
 * fused:            sedd_kernels.linear_score_entropy(reduction="sum"), gradients in the forward;
 * fused-recompute:  linear_score_entropy(reduction="none"), the backward recomputes the chunks;
 * proj+fused:       materialised log-scores (F.linear) + the fused score_entropy op;
-* proj+reference:   materialised log-scores + reference.score_entropy (plain PyTorch).
+* proj+reference:   reference.linear_score_entropy (plain PyTorch: materialised log-scores,
+                    upcast to fp32 as the model does, + reference.score_entropy);
+* compiled:         torch.compile(dynamic=False) of reference.linear_score_entropy(dense=True).
 
 H = 768, V = 50258, N = B·L ∈ {4096, 16384} on GPU ({512, 4096} on CPU, fp32 only), absorbing
 graph with half the positions masked (the average over t of the log-linear schedule) and the
@@ -29,7 +31,8 @@ H, V = 768, 50258
 
 SIZES = {"cpu": [(1, 512), (4, 1024)], "cuda": [(4, 1024), (16, 1024)]}
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-IMPLS = ["fused", "fused-recompute", "proj+fused", "proj+reference"]
+IMPLS = ["fused", "fused-recompute", "proj+fused", "proj+reference", "compiled"]
+_COMPILED = {}
 
 
 def cases():
@@ -71,13 +74,24 @@ def step_fn(impl, graph, hidden, weight, bias, xt, x0, sigma, offset, tw):
             se = sk.linear_score_entropy(hidden, weight, bias, xt, x0, sigma, graph, offset,
                                          validate=False)
             return (se * tw[:, None]).sum()
-    else:
-        se_fn = (lambda ls: sk.score_entropy(ls, xt, x0, sigma, graph, validate=False)) \
-            if impl == "proj+fused" else (lambda ls: R.score_entropy(ls, xt, x0, sigma, graph))
-
+    elif impl == "proj+fused":
         def loss():
             ls = F.linear(hidden, weight, bias) + offset[:, None, None].to(hidden.dtype)
-            return (se_fn(ls) * tw[:, None]).sum()
+            se = sk.score_entropy(ls, xt, x0, sigma, graph, validate=False)
+            return (se * tw[:, None]).sum()
+    else:
+        if impl == "compiled":
+            if graph not in _COMPILED:
+                _COMPILED[graph] = torch.compile(
+                    lambda h, w, b, xt, x0, s, off: R.linear_score_entropy(
+                        h, w, b, xt, x0, s, graph, off, dense=True), dynamic=False)
+            ref = _COMPILED[graph]
+        else:
+            def ref(h, w, b, xt, x0, s, off):
+                return R.linear_score_entropy(h, w, b, xt, x0, s, graph, off)
+
+        def loss():
+            return (ref(hidden, weight, bias, xt, x0, sigma, offset) * tw[:, None]).sum()
 
     def run():
         grads = torch.autograd.grad(loss(), params)

@@ -7,6 +7,9 @@ in float64 for float64 inputs and in float32 otherwise (bf16/fp16 inputs are upc
   (boolean indexing of masked rows for the absorbing graph). The "reference eager" baseline.
 - :func:`score_entropy_dense` — the same closed forms with dense masks and no data-dependent
   shapes, so that ``torch.compile`` can fuse it. The "compiled reference" baseline.
+- :func:`linear_score_entropy` — the unfused twin of the fused projection + loss: the log-scores
+  ``hidden @ weight.T + bias + offset`` materialised, then :func:`score_entropy` (``dense=True``:
+  :func:`score_entropy_dense`, for ``torch.compile``).
 - :func:`score_entropy_general` — the definition Σ_y w_y (e^{ℓ_y} − r_y ℓ_y + K(r_y)) with a dense
   rate matrix Q and P = exp(σQ); small V only. It checks the closed forms.
 - Sampling (§1, §6): :func:`sample_categorical` (float64 exponential race with torch's RNG),
@@ -137,6 +140,21 @@ def score_entropy_dense(log_score, x_t, x_0, sigma, graph) -> torch.Tensor:
     same = x_t == x_0
     return torch.where(same, A - rho * N + (n - 1) / n * rho * (rho.log() - 1),
                        A - (N + l_x0 / esigm1) + ((-rho.log() - 1) / rho - (n - 2)) / n)
+
+
+def linear_score_entropy(hidden, weight, bias, x_t, x_0, sigma, graph, logit_offset=None, *,
+                         dense: bool = False) -> torch.Tensor:
+    """Per-token score entropy [B, L] of ℓ = hidden @ weight.T + bias + logit_offset (SEDD.md §3
+    on the network's output projection): the log-scores materialised in full, in float32
+    (float64 for float64 inputs), as the unfused network computes them. logit_offset: [B] or
+    [B, L] or None."""
+    ls = torch.nn.functional.linear(hidden, weight, bias)
+    ls = ls.to(_compute_dtype(ls))
+    if logit_offset is not None:
+        off = logit_offset.to(ls.dtype)
+        ls = ls + (off[:, None, None] if off.dim() == 1 else off[..., None])
+    fn = score_entropy_dense if dense else score_entropy
+    return fn(ls, x_t, x_0, sigma, graph)
 
 
 def _K(a: torch.Tensor) -> torch.Tensor:

@@ -29,13 +29,9 @@ def problem(B, L, H, V, graph, *, device="cpu", dtype=torch.float64, bias=True, 
 
 
 def unfused(hidden, weight, bias, x_t, x_0, sigma, graph, off):
-    """The reference: materialised log-scores (float64), reference score entropy."""
-    ls = hidden.double() @ weight.double().T
-    if bias is not None:
-        ls = ls + bias.double()
-    if off is not None:
-        ls = ls + (off.double()[:, None, None] if off.dim() == 1 else off.double()[..., None])
-    return R.score_entropy(ls, x_t, x_0, sigma, graph)
+    """The reference twin (reference.linear_score_entropy) in float64."""
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    return R.linear_score_entropy(d(hidden), d(weight), d(bias), x_t, x_0, sigma, graph, d(off))
 
 
 def leaves(*ts):
@@ -77,6 +73,20 @@ def test_value_and_gradients_match_unfused_float64(device, graph, bias, reductio
             assert a is None
         else:
             torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_reference_twins_agree_with_the_definition(graph):
+    """reference.linear_score_entropy (eager and dense) is score entropy of the explicit
+    projection, and the dense twin (the compiled baseline) equals the eager one."""
+    h, w, b, xt, x0, sig, off = problem(2, 5, 8, 11, graph, offset="token")
+    explicit = R.score_entropy_general(h @ w.T + b + off[..., None], xt, x0, sig,
+                                       R.rate_matrix(graph, 11))
+    torch.testing.assert_close(R.linear_score_entropy(h, w, b, xt, x0, sig, graph, off), explicit,
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(R.linear_score_entropy(h, w, b, xt, x0, sig, graph, off,
+                                                      dense=True), explicit,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 64, None])
