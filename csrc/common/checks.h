@@ -89,4 +89,28 @@ inline void check_floating(const char* op, const at::Tensor& t, const char* name
                    " must be a floating-point tensor, got ", dtype_str(t));
 }
 
+// The layout every row kernel reads: log_score [B, L, V] (floating, unit stride along V,
+// V < 2^31), a token tensor [B, L] int64 and a per-sequence floating tensor [B], on one device.
+struct RowsShape {
+  int64_t B, L, V;
+};
+
+inline RowsShape check_rows(const char* op, const at::Tensor& log_score, const at::Tensor& tokens,
+                            const char* tokens_name, const at::Tensor& per_seq,
+                            const char* per_seq_name) {
+  check_log_score(op, log_score);
+  RowsShape r{log_score.size(0), log_score.size(1), log_score.size(2)};
+  check_token_tensor(op, tokens, tokens_name, r.B, r.L);
+  check_floating(op, per_seq, per_seq_name);
+  SEDD_CHECK_VALUE(per_seq.dim() == 1 && per_seq.size(0) == r.B, op, ": ", per_seq_name,
+                   " must have shape [B] = [", r.B, "], got ", shape_str(per_seq));
+  check_same_device(op, log_score, "log_score", tokens, tokens_name);
+  check_same_device(op, log_score, "log_score", per_seq, per_seq_name);
+  SEDD_CHECK_VALUE(r.V <= 1 || log_score.stride(2) == 1, op,
+                   ": log_score must have unit stride along V (the last dimension), got strides ",
+                   strides_str(log_score));
+  SEDD_CHECK_VALUE(r.V < (int64_t(1) << 31), op, ": log_score must have V < 2^31, got ", r.V);
+  return r;
+}
+
 }  // namespace sedd

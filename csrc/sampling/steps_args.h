@@ -32,19 +32,10 @@ inline StepArgs check_step_args(const char* op, const at::Tensor& log_score, con
   StepArgs a;
   a.graph = parse_graph(op, graph);
   a.kind = parse_kind(op, kind);
-  check_log_score(op, log_score);
-  a.B = log_score.size(0);
-  a.L = log_score.size(1);
-  a.V = log_score.size(2);
-  check_token_tensor(op, x, "x", a.B, a.L);
-  check_floating(op, dsigma, "dsigma");
-  SEDD_CHECK_VALUE(dsigma.dim() == 1 && dsigma.size(0) == a.B, op,
-                   ": dsigma must have shape [B] = [", a.B, "], got ", shape_str(dsigma));
-  check_same_device(op, log_score, "log_score", x, "x");
-  check_same_device(op, log_score, "log_score", dsigma, "dsigma");
-  SEDD_CHECK_VALUE(a.V <= 1 || log_score.stride(2) == 1, op,
-                   ": log_score must have unit stride along V, got strides ", strides_str(log_score));
-  SEDD_CHECK_VALUE(a.V < (int64_t(1) << 31), op, ": log_score must have V < 2^31, got ", a.V);
+  const RowsShape r = check_rows(op, log_score, x, "x", dsigma, "dsigma");
+  a.B = r.B;
+  a.L = r.L;
+  a.V = r.V;
   if (a.B * a.L > 0) {
     SEDD_CHECK_VALUE(a.V >= 2, op, ": log_score must have V >= 2, got V = ", a.V);
   }

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "../common/checks.h"
 
 namespace sedd {
@@ -17,22 +19,12 @@ inline Args check_args(const char* op, const at::Tensor& log_score, const at::Te
                        const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
   Args a;
   a.graph = parse_graph(op, graph);
-  check_log_score(op, log_score);
-  a.B = log_score.size(0);
-  a.L = log_score.size(1);
-  a.V = log_score.size(2);
-  check_token_tensor(op, x_t, "x_t", a.B, a.L);
+  const RowsShape r = check_rows(op, log_score, x_t, "x_t", sigma, "sigma");
+  a.B = r.B;
+  a.L = r.L;
+  a.V = r.V;
   check_token_tensor(op, x_0, "x_0", a.B, a.L);
-  check_floating(op, sigma, "sigma");
-  SEDD_CHECK_VALUE(sigma.dim() == 1 && sigma.size(0) == a.B, op,
-                    ": sigma must have shape [B] = [", a.B, "], got ", shape_str(sigma));
-  check_same_device(op, log_score, "log_score", x_t, "x_t");
   check_same_device(op, log_score, "log_score", x_0, "x_0");
-  check_same_device(op, log_score, "log_score", sigma, "sigma");
-  SEDD_CHECK_VALUE(a.V <= 1 || log_score.stride(2) == 1, op,
-                    ": log_score must have unit stride along V (the last dimension), got strides ",
-                    strides_str(log_score));
-  SEDD_CHECK_VALUE(a.V < (int64_t(1) << 31), op, ": log_score must have V < 2^31, got ", a.V);
   if (a.B * a.L > 0) {
     const int64_t vmin = a.graph == Graph::kAbsorb ? 2 : 1;
     SEDD_CHECK_VALUE(a.V >= vmin, op, ": log_score must have V >= ", vmin, " for graph '",
@@ -49,6 +41,13 @@ inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor&
   check_same_device(op, log_score, "log_score", grad, "grad");
 }
 
+// The per-token loss of score_entropy / score_entropy_with_grad_: [B, L] float32 (float64 for a
+// float64 log_score).
+inline at::Tensor empty_loss(const at::Tensor& log_score, const Args& a) {
+  const bool f64 = log_score.scalar_type() == at::kDouble;
+  return at::empty({a.B, a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+}
+
 // Optional per-row tensors of score_entropy_with_grad_ (offset, grad): floating, [B, L], same
 // device as log_score.
 inline void check_row_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
@@ -58,6 +57,25 @@ inline void check_row_tensor(const char* op, const std::optional<at::Tensor>& t,
   SEDD_CHECK_VALUE(t->dim() == 2 && t->size(0) == a.B && t->size(1) == a.L, op, ": ", name,
                    " must have shape [B, L] = [", a.B, ", ", a.L, "], got ", shape_str(*t));
   check_same_device(op, log_score, "log_score", *t, name);
+}
+
+// score_entropy_with_grad_'s optional offset and grad, checked, as contiguous float64 tensors
+// (undefined when absent; on the caller's stream).
+struct RowTensors {
+  at::Tensor offset, grad;
+  const double* offset_ptr() const { return offset.defined() ? offset.data_ptr<double>() : nullptr; }
+  const double* grad_ptr() const { return grad.defined() ? grad.data_ptr<double>() : nullptr; }
+};
+
+inline RowTensors row_tensors(const char* op, const at::Tensor& log_score, const Args& a,
+                              const std::optional<at::Tensor>& offset,
+                              const std::optional<at::Tensor>& grad) {
+  check_row_tensor(op, offset, "offset", log_score, a);
+  check_row_tensor(op, grad, "grad", log_score, a);
+  RowTensors t;
+  if (offset) t.offset = offset->to(at::kDouble).contiguous();
+  if (grad) t.grad = grad->to(at::kDouble).contiguous();
+  return t;
 }
 
 }  // namespace se

@@ -184,9 +184,9 @@ at::Tensor score_entropy_cpu(const at::Tensor& log_score, const at::Tensor& x_t,
                              const at::Tensor& x_0, const at::Tensor& sigma,
                              c10::string_view graph) {
   const Prepared p = prepare("score_entropy", log_score, x_t, x_0, sigma, graph);
-  const bool f64 = log_score.scalar_type() == at::kDouble;
-  at::Tensor out = at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  at::Tensor out = se::empty_loss(log_score, p.a);
   if (out.numel() == 0) return out;
+  const bool f64 = log_score.scalar_type() == at::kDouble;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
                                   "score_entropy_cpu", [&] {
     if (f64) {
@@ -221,15 +221,12 @@ at::Tensor score_entropy_with_grad_cpu(at::Tensor& log_score, const at::Tensor& 
                                        const std::optional<at::Tensor>& grad) {
   const char* op = "score_entropy_with_grad_";
   const Prepared p = prepare(op, log_score, x_t, x_0, sigma, graph);
-  se::check_row_tensor(op, offset, "offset", log_score, p.a);
-  se::check_row_tensor(op, grad, "grad", log_score, p.a);
-  const bool f64 = log_score.scalar_type() == at::kDouble;
-  at::Tensor out = at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  const se::RowTensors rt = se::row_tensors(op, log_score, p.a, offset, grad);
+  at::Tensor out = se::empty_loss(log_score, p.a);
   if (out.numel() == 0) return out;
-  const at::Tensor off = offset ? offset->to(at::kDouble).contiguous() : at::Tensor();
-  const at::Tensor g = grad ? grad->to(at::kDouble).contiguous() : at::Tensor();
-  const double* offp = offset ? off.data_ptr<double>() : nullptr;
-  const double* gp = grad ? g.data_ptr<double>() : nullptr;
+  const bool f64 = log_score.scalar_type() == at::kDouble;
+  const double* offp = rt.offset_ptr();
+  const double* gp = rt.grad_ptr();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(),
                                   "score_entropy_with_grad_cpu", [&] {
     if (f64) {

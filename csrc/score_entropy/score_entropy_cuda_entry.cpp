@@ -33,9 +33,7 @@ at::Tensor score_entropy_cuda(const at::Tensor& log_score, const at::Tensor& x_t
                               c10::string_view graph) {
   const c10::cuda::CUDAGuard guard(log_score.device());
   const Prepared p = prepare("score_entropy", log_score, x_t, x_0, sigma, graph);
-  const bool f64 = log_score.scalar_type() == at::kDouble;
-  at::Tensor out =
-      at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  at::Tensor out = se::empty_loss(log_score, p.a);
   if (out.numel() > 0) score_entropy_cuda_launch(log_score, p.xt, p.x0, p.sigma, p.a.graph, out);
   return out;
 }
@@ -61,15 +59,11 @@ at::Tensor score_entropy_with_grad_cuda(at::Tensor& log_score, const at::Tensor&
   const char* op = "score_entropy_with_grad_";
   const c10::cuda::CUDAGuard guard(log_score.device());
   const Prepared p = prepare(op, log_score, x_t, x_0, sigma, graph);
-  se::check_row_tensor(op, offset, "offset", log_score, p.a);
-  se::check_row_tensor(op, grad, "grad", log_score, p.a);
-  const bool f64 = log_score.scalar_type() == at::kDouble;
-  at::Tensor out =
-      at::empty({p.a.B, p.a.L}, log_score.options().dtype(f64 ? at::kDouble : at::kFloat));
+  const se::RowTensors rt = se::row_tensors(op, log_score, p.a, offset, grad);
+  at::Tensor out = se::empty_loss(log_score, p.a);
   if (out.numel() == 0) return out;
-  const at::Tensor off = offset ? offset->to(at::kDouble).contiguous() : at::Tensor();
-  const at::Tensor g = grad ? grad->to(at::kDouble).contiguous() : at::Tensor();
-  score_entropy_with_grad_cuda_launch(log_score, p.xt, p.x0, p.sigma, off, g, p.a.graph, out);
+  score_entropy_with_grad_cuda_launch(log_score, p.xt, p.x0, p.sigma, rt.offset, rt.grad,
+                                      p.a.graph, out);
   return out;
 }
 
