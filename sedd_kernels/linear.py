@@ -96,10 +96,10 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
           else empty())
     go = torch.zeros(N, dtype=acc, device=hidden.device) if compute_grad else empty()
     rows = None                                  # None: every row, in order (no gather)
-    if graph == "absorb":
-        active = x_t == V - 1
-        if not bool(active.all()):
-            rows = torch.nonzero(active).squeeze(1)
+    if graph == "absorb":                        # one host sync on CUDA (the row count)
+        rows = torch.nonzero(x_t == V - 1).squeeze(1)
+        if rows.numel() == N:
+            rows = None
     n_active = N if rows is None else rows.numel()
     if chunk <= 0:
         chunk = default_chunk(n_active, H, V, hidden.element_size(), hidden.device)

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import sedd_kernels as sk
+
 
 @dataclass
 class ModelConfig:
@@ -270,7 +272,6 @@ class DDiT(nn.Module):
         the loss's own rule). Same value as the unfused path."""
         if not self.supports_fused_loss:
             raise ValueError("fused_loss needs parametrisation='score'")
-        import sedd_kernels as sk
         h, c = self.trunk(x, sigma)
         fl = self.output_layer
         shift, scale = fl.adaLN_modulation(c)[:, None].chunk(2, dim=2)
