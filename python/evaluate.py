@@ -45,11 +45,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sedd.checkpoint import CheckpointError  # noqa: E402
+from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door  # noqa: E402
 from sedd.evaluation import PROTOCOLS, evaluation_set  # noqa: E402
 from sedd.genppl import (exact_language_nll, load_causal_lm, load_samples, score_texts,  # noqa: E402
                          unigram_entropy)
-from sedd.inference import load_for_inference  # noqa: E402
+from sedd.hub import read_run_config  # noqa: E402
+from sedd.inference import load_run  # noqa: E402
 from sedd.language import builtin_language  # noqa: E402
 from sedd.losses import likelihood_bound  # noqa: E402
 
@@ -81,54 +82,60 @@ def evaluate(model, graph, noise, sequences, timesteps, batch_size, seed=0, devi
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a training output folder or checkpoint (the bound needs it)")
+    p = Parser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", metavar="PATH|REPO",
+                   help="a training output folder or checkpoint, a Hub folder or id, or a paper "
+                        "run (the bound needs it)")
     p.add_argument("--data", help="builtin, a text file/folder, or a datasets name (default: the "
                                   "training data)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="sedd",
                    help="sedd: EOS-joined documents in L-token blocks, test splits; mdlm: "
                         "[BOS] doc [EOS] wrapped blocks, validation splits, low-discrepancy draws "
                         "(details above)")
-    p.add_argument("--timesteps", type=int, default=64, help="K noise levels per block, stratified "
-                                                             "(the SEDD paper used 1000)")
-    p.add_argument("--num-sequences", type=int, default=256, help="blocks to evaluate (0: all)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--timesteps", type=positive_int("--timesteps"), default=64,
+                   help="K noise levels per block, stratified (the SEDD paper used 1000)")
+    p.add_argument("--num-sequences", type=nonneg_int("--num-sequences"), default=256,
+                   help="blocks to evaluate (0: all)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32)
+    p.add_argument("--seed", type=nonneg_int("--seed"), default=0)
+    p.add_argument("--tokenizer", help="override the checkpoint's tokenizer, e.g. gpt2:PATH.tiktoken "
+                                       "(GPT-2's BPE ranks, offline)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--cache-dir", help="token files (default $SEDD_CACHE or ~/.cache/sedd)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     g = p.add_argument_group("generative perplexity")
     g.add_argument("--samples", help="JSON lines of samples (python/sample.py --out): score them "
                                      "instead of computing the bound")
     g.add_argument("--causal-lm", default="gpt2-large",
                    help="the scoring model: a transformers Hub name or a local folder")
-    g.add_argument("--lm-batch-size", type=int, default=8)
-    g.add_argument("--lm-context", type=int, help="tokens per window (default: the LM's context)")
-    g.add_argument("--lm-stride", type=int, help="window stride for long texts (default: half)")
+    g.add_argument("--lm-batch-size", type=positive_int("--lm-batch-size"), default=8)
+    g.add_argument("--lm-context", type=positive_int("--lm-context"),
+                   help="tokens per window (default: the LM's context)")
+    g.add_argument("--lm-stride", type=positive_int("--lm-stride"),
+                   help="window stride for long texts (default: half)")
     return p
 
 
 def bound_main(args, p):
     if not args.checkpoint:
         p.error("--checkpoint is required (or --samples for generative perplexity)")
-    if args.timesteps < 1 or args.num_sequences == 1 or args.num_sequences < 0:
-        p.error("--timesteps must be >= 1 and --num-sequences >= 2 or 0 (a standard error needs two)")
-    try:
-        model, graph, noise, tok, cfg = load_for_inference(args.checkpoint, args.device)
-    except (CheckpointError, FileNotFoundError) as e:
-        sys.exit(f"evaluate.py: {e}")
-    train = cfg.get("train", {})
-    L = train.get("seq_len", model.config.max_length)
-    data = args.data or train.get("data", "builtin")
-    try:
-        ev = evaluation_set(args.protocol, data, train.get("tokenizer", "gpt2"), L,
-                            args.num_sequences, seed=train.get("seed", 0))
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"evaluate.py: {e}")
+    if args.num_sequences == 1:
+        p.error("--num-sequences must be >= 2 or 0 (a standard error needs two)")
+    device = check_device(args.device)
+    r = load_run(args.checkpoint, device, not args.no_ema, args.tokenizer)
+    for note in r.run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    model, graph, noise, run = r.model, r.graph, r.noise, r.run
+    L = r.length
+    data = args.data or run.data
+    ev = evaluation_set(args.protocol, data, r.tokenizer, L, args.num_sequences, seed=run.seed,
+                        cache_dir=args.cache_dir or run.cache_dir)
     x0, n = ev.x0, len(ev.x0)
     if n < 2:
         sys.exit(f"evaluate.py: {ev.source}: {n} block; a standard error needs two")
     mdlm = args.protocol == "mdlm"
     bound, prior, se = evaluate(model, graph, noise, x0, args.timesteps, args.batch_size,
-                                args.seed, args.device, low_discrepancy=mdlm)
+                                args.seed, device, low_discrepancy=mdlm)
     per_token = bound.sum().item() / (n * L)
     # standard error of the mean over blocks (includes the timestep noise) per token
     stderr = bound.std(unbiased=True).item() / math.sqrt(n) / L
@@ -153,11 +160,7 @@ def samples_are_builtin(args) -> bool:
     if args.data is not None:
         return args.data == "builtin"
     if args.checkpoint:
-        try:
-            _, _, _, _, cfg = load_for_inference(args.checkpoint, "cpu")
-        except (CheckpointError, FileNotFoundError) as e:
-            sys.exit(f"evaluate.py: {e}")
-        return cfg.get("train", {}).get("data", "builtin") == "builtin"
+        return read_run_config(args.checkpoint).data == "builtin"
     return False
 
 
@@ -192,11 +195,12 @@ def genppl_main(args):
         if not all("text" in r for r in rows):
             sys.exit("evaluate.py: scoring with a causal LM needs every sample's 'text'")
         try:
-            model, lm_tok = load_causal_lm(args.causal_lm, args.device)
+            device = check_device(args.device)
+            model, lm_tok = load_causal_lm(args.causal_lm, device)
         except RuntimeError as e:
             sys.exit(f"evaluate.py: {e}")
         scored = score_texts([r["text"] for r in rows], model, lm_tok, batch_size=args.lm_batch_size,
-                             context=args.lm_context, stride=args.lm_stride, device=args.device)
+                             context=args.lm_context, stride=args.lm_stride, device=device)
         print(f"generative perplexity under {args.causal_lm}: {scored.perplexity:.3f} (NLL "
               f"{scored.nll_per_token:.4f} nats/token over {scored.tokens.sum()} re-tokenized tokens; "
               f"context {scored.context}, stride {scored.stride})")
@@ -210,10 +214,14 @@ def genppl_main(args):
     return GenPPLReport(entropy=entropy, entropy_pooled=pooled, **report)
 
 
-def main(argv=None):
+def _main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     return genppl_main(args) if args.samples else bound_main(args, p)
+
+
+def main(argv=None):
+    return run_door("evaluate.py", _main, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
     python python/sample.py --checkpoint runs/sedd
     python python/sample.py --checkpoint runs/sedd --prefix "the" --suffix "."
     python python/sample.py --checkpoint runs/sedd --infill "the [____:3] shonger [______] ."
+    python python/sample.py --checkpoint louaaron/sedd-small --tokenizer gpt2:gpt2.tiktoken
+
+--checkpoint takes any layout: a training output folder or checkpoint of this project, a Hub
+folder or repository id (this project's or the paper's released models), or a run folder of the
+paper's training code (.hydra/config.yaml + checkpoints-meta/checkpoint.pth).
 """
 
 import argparse
@@ -14,47 +19,60 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from sedd.checkpoint import CheckpointError  # noqa: E402
-from sedd.inference import condition_from, load_for_inference  # noqa: E402
+from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door  # noqa: E402
+from sedd.inference import condition_from, load_run  # noqa: E402
 from sedd.sampling import sample  # noqa: E402
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a training output folder (its latest checkpoint) or a checkpoint")
-    p.add_argument("--steps", type=int, default=128, help="predictor steps (default 128)")
+def parser():
+    p = Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="PATH|REPO",
+                   help="a training output folder or checkpoint, a Hub folder or id, or a paper run")
+    p.add_argument("--steps", type=positive_int("--steps"), default=128, help="predictor steps (default 128)")
     p.add_argument("--predictor", default="analytic", choices=["analytic", "euler"])
-    p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--length", type=int, help="tokens per sample (default: the training length)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=positive_int("--num-samples"), default=4)
+    p.add_argument("--length", type=positive_int("--length"),
+                   help="tokens per sample (default: the training length; at most the model's window)")
+    p.add_argument("--seed", type=nonneg_int("--seed"), default=0)
     p.add_argument("--prefix", default="", help="text at the start, kept fixed")
     p.add_argument("--suffix", default="", help="text at the end, kept fixed")
     p.add_argument("--infill", default="", help='template with blanks: "text [____] text [____:12]"')
     p.add_argument("--out", default="samples.jsonl", help="JSON lines with tokens and text")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokenizer", help="override the checkpoint's tokenizer, e.g. gpt2:PATH.tiktoken "
+                                       "(GPT-2's BPE ranks, offline)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-cache", action="store_true",
                    help="call the network at every step even for a time-independent ('clean') "
                         "model (the cache is exact: same samples, fewer network calls)")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.num_samples < 1:
-        p.error("--steps and --num-samples must be >= 1")
-    try:
-        model, graph, noise, tok, cfg = load_for_inference(args.checkpoint, args.device, not args.no_ema)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"sample.py: {e}")
-    length = args.length or cfg.get("train", {}).get("seq_len") or model.config.max_length
+    return p
+
+
+def _main(argv=None):
+    args = parser().parse_args(argv)
+    device = check_device(args.device)
+    r = load_run(args.checkpoint, device, not args.no_ema, args.tokenizer)
+    for note in r.run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    model, tok = r.model, r.tokenizer
+    window = model.config.max_length
+    if args.length and args.length > window:
+        raise ValueError(f"--length {args.length} is longer than the model's window {window}")
+    length = args.length or r.length
     condition = None
     if args.prefix or args.suffix or args.infill:
-        try:
-            tokens, given, length = condition_from(tok, length if not args.infill else args.length or 0,
-                                                   args.prefix, args.suffix, args.infill)
-        except ValueError as e:
-            sys.exit(f"sample.py: {e}")
+        tokens, given, length = condition_from(tok, length if not args.infill else args.length or 0,
+                                               args.prefix, args.suffix, args.infill)
+        if length > window:
+            raise ValueError(f"the infill template is {length} tokens, longer than the model's "
+                             f"window {window}")
         condition = (tokens, given)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    x, stats = sample(model, graph, noise, args.num_samples, length, args.steps, args.predictor,
-                      condition=condition, generator=gen, device=args.device, progress=True,
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out {args.out}: the folder {out_dir} does not exist")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x, stats = sample(model, r.graph, r.noise, args.num_samples, length, args.steps, args.predictor,
+                      condition=condition, generator=gen, device=device, progress=True,
                       cache=not args.no_cache, return_stats=True)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
           + (" (exact cache)" if stats.cached else ""), file=sys.stderr)
@@ -63,6 +81,10 @@ def main(argv=None):
             text = tok.decode(row)
             print(text + "\n")
             fh.write(json.dumps({"tokens": row, "text": text}) + "\n")
+
+
+def main(argv=None):
+    run_door("sample.py", _main, argv)
 
 
 if __name__ == "__main__":

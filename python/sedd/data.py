@@ -147,8 +147,27 @@ class CharTokenizer(Tokenizer):
         return "".join(self.alphabet[int(i)] for i in ids if 0 <= int(i) < self.n)
 
 
+def default_cache_dir() -> str:
+    """Where token files and trained tokenizers go: $SEDD_CACHE, else ~/.cache/sedd. Nothing is
+    ever written beside the user's data (a read-only or shared data folder works)."""
+    return os.environ.get("SEDD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sedd")
+
+
+def _cache_folder(cache_dir: str | None) -> str:
+    folder = cache_dir or default_cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cache folder {folder}: cannot create it ({e.strerror}); set --cache-dir "
+                      f"or $SEDD_CACHE") from None
+    if not os.access(folder, os.W_OK):
+        raise OSError(f"cache folder {folder} is not writable; set --cache-dir or $SEDD_CACHE")
+    return folder
+
+
 def train_bpe(files: list[str], vocab_size: int, out_path: str) -> str:
-    """A byte-level BPE trained with `tokenizers` on the corpus, saved beside the data."""
+    """A byte-level BPE trained with `tokenizers` on the corpus, saved to out_path (in the cache
+    folder)."""
     from tokenizers import ByteLevelBPETokenizer
     tok = ByteLevelBPETokenizer()
     tok.train(files, vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
@@ -156,9 +175,13 @@ def train_bpe(files: list[str], vocab_size: int, out_path: str) -> str:
     return out_path
 
 
-def get_tokenizer(spec: str, files: list[str] | None = None, cache_dir: str | None = None):
+def get_tokenizer(spec, files: list[str] | None = None, cache_dir: str | None = None):
     """'gpt2' (transformers, else a local tiktoken file given as gpt2:PATH or found at
-    ../shared/data/gpt2.tiktoken), 'bpe[:N]' (trained on the files), 'char', or a path."""
+    ../shared/data/gpt2.tiktoken), 'bpe[:N]' (trained on the files, kept in the cache folder),
+    'char', or a path (a .tiktoken ranks file, a tokenizers .json, a transformers folder). A
+    Tokenizer object is returned as it is."""
+    if isinstance(spec, Tokenizer):
+        return spec
     if spec.startswith("gpt2"):
         path = spec.split(":", 1)[1] if ":" in spec else None
         if path is None:
@@ -167,45 +190,81 @@ def get_tokenizer(spec: str, files: list[str] | None = None, cache_dir: str | No
             except Exception:  # no network / not cached: fall back to a local ranks file
                 here = os.path.dirname(os.path.abspath(__file__))
                 path = os.path.join(here, "..", "..", "..", "shared", "data", "gpt2.tiktoken")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"GPT-2 tokenizer: transformers cannot load 'gpt2' and no "
-                                    f"tiktoken ranks file at {path}")
-        return TiktokenGPT2(path)
+        if not os.path.isfile(path):
+            if ":" in spec:
+                raise FileNotFoundError(f"--tokenizer {spec}: no tiktoken ranks file at {path}")
+            raise FileNotFoundError("GPT-2 tokenizer: transformers cannot load 'gpt2' (offline "
+                                    "and not cached?); pass --tokenizer gpt2:PATH.tiktoken "
+                                    "(GPT-2's BPE ranks) to work offline")
+        return _tiktoken(path, spec)
     if spec.startswith("bpe"):
-        size = int(spec.split(":", 1)[1]) if ":" in spec else 4096
+        try:
+            size = int(spec.split(":", 1)[1]) if ":" in spec else 4096
+        except ValueError:
+            raise ValueError(f"--tokenizer {spec}: expected bpe or bpe:N with N an integer") from None
+        if size < 257:
+            raise ValueError(f"--tokenizer {spec}: a byte-level BPE needs N >= 257, got {size}")
         if not files:
             raise ValueError("--tokenizer bpe needs text files to train on")
-        out = os.path.join(cache_dir or os.path.dirname(files[0]), f"bpe-{size}-{_digest(files)}.json")
+        out = os.path.join(_cache_folder(cache_dir), f"bpe-{size}-{_digest(files)}.json")
         if not os.path.exists(out):
             train_bpe(files, size, out)
         return HFTokenizer(out)
     if spec == "char":
         return CharTokenizer()
     if os.path.exists(spec):
-        return TiktokenGPT2(spec) if spec.endswith(".tiktoken") else HFTokenizer(spec)
+        if spec.endswith(".tiktoken"):
+            return _tiktoken(spec, spec)
+        try:
+            return HFTokenizer(spec)
+        except Exception as e:  # tokenizers / transformers raise their own types
+            raise ValueError(f"--tokenizer {spec}: cannot be read as a tokenizer "
+                             f"({type(e).__name__})") from None
     raise ValueError(f"unknown tokenizer {spec!r} (gpt2, gpt2:PATH, bpe[:N], char, or a path)")
 
 
+def _tiktoken(path, spec):
+    try:
+        return TiktokenGPT2(path)
+    except ImportError:
+        raise ImportError(f"--tokenizer {spec}: needs tiktoken (the 'train' extra)") from None
+    except Exception as e:  # a file that is not a ranks file
+        raise ValueError(f"--tokenizer {spec}: {path} is not a tiktoken ranks file "
+                         f"({type(e).__name__})") from None
+
+
 def _digest(files):
+    """The content digest of the files (their bytes and relative order): a cache key that
+    survives copies and moves and changes with any edit."""
     h = hashlib.sha256()
     for f in sorted(files):
-        st = os.stat(f)
-        h.update(f"{os.path.abspath(f)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:12]
+        h.update(os.path.basename(f).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
-def _text_files(path):
+def text_files(path):
+    """The .txt/.md/.text files of a folder (recursively), or the file itself."""
     if os.path.isdir(path):
-        return sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
-                      if f.endswith((".txt", ".md", ".text")))
+        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
+                       if f.endswith((".txt", ".md", ".text")))
+        if not files:
+            raise FileNotFoundError(f"--data {path}: no .txt, .md or .text files in the folder")
+        return files
     if os.path.isfile(path):
         return [path]
     raise FileNotFoundError(f"--data {path}: no such file or folder")
 
 
+_text_files = text_files
+
+
 def tokenize_to_cache(documents, tokenizer, cache_path: str) -> np.memmap:
     """Tokenize documents once, joined with EOS, into a uint32 token file (memory-mapped)."""
-    if not os.path.exists(cache_path):
+    if not os.path.exists(cache_path) or os.path.getsize(cache_path) == 0:
         tmp = cache_path + ".tmp"
         with open(tmp, "wb") as fh:
             for doc in documents:
@@ -214,6 +273,8 @@ def tokenize_to_cache(documents, tokenizer, cache_path: str) -> np.memmap:
                     ids = list(ids) + [tokenizer.eos]
                 np.asarray(ids, dtype=np.uint32).tofile(fh)
         os.replace(tmp, cache_path)
+    if os.path.getsize(cache_path) == 0:
+        return np.zeros(0, dtype=np.uint32)
     return np.memmap(cache_path, dtype=np.uint32, mode="r")
 
 
@@ -252,16 +313,26 @@ def load_corpus(data: str, tokenizer: str, length: int, seed: int = 0,
                       WordTokenizer(lang), lang)
     if data in HF_NAMES or data.startswith("hf:"):
         return _hf_corpus(data, tokenizer, length, cache_dir)
-    files = _text_files(data)
-    if not files:
-        raise FileNotFoundError(f"--data {data}: no .txt files found")
+    files = text_files(data)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise ValueError(f"--data {data}: empty (no text to train on)")
     tok = get_tokenizer(tokenizer, files, cache_dir)
-    cache_dir = cache_dir or os.path.dirname(files[0])
-    key = f"{_digest(files)}-{type(tok).__name__}-{tok.n}"
+    folder = _cache_folder(cache_dir)
+    key = f"{_digest(files)}-{type(tok).__name__}-{tok.n}-{_tokenizer_digest(tok)}"
     docs = (open(f, encoding="utf-8", errors="replace").read() for f in files)
-    tokens = tokenize_to_cache(docs, tok, os.path.join(cache_dir, f"tokens-{key}.u32"))
+    tokens = tokenize_to_cache(docs, tok, os.path.join(folder, f"tokens-{key}.u32"))
+    if len(tokens) < 2 * length:
+        raise ValueError(f"--data {data}: {len(tokens)} tokens, fewer than two blocks of "
+                         f"--seq-len {length} (one to train on, one held out)")
     split = int(len(tokens) * 0.98)
+    split = min(split, len(tokens) - length)
     return Corpus(PackedBlocks(tokens[:split], length), PackedBlocks(tokens[split:], length), tok)
+
+
+def _tokenizer_digest(tok) -> str:
+    """Tells tokenizers of one class and size apart (a BPE trained on other text, a ranks file)."""
+    probe = "The quick brown fox, 1234 — ünïcode."
+    return hashlib.sha256(repr(tok.encode(probe)).encode()).hexdigest()[:8]
 
 
 def _hf_corpus(name, tokenizer, length, cache_dir):
@@ -271,9 +342,9 @@ def _hf_corpus(name, tokenizer, length, cache_dir):
     field = "text" if "text" in ds.column_names else ds.column_names[0]
     detok = DETOKENIZERS.get(name, lambda s: s)
     tok = get_tokenizer(tokenizer)
-    cache_dir = cache_dir or os.path.expanduser("~/.cache/sedd")
-    os.makedirs(cache_dir, exist_ok=True)
+    cache_dir = _cache_folder(cache_dir)
     tokens = tokenize_to_cache((detok(r[field]) for r in ds), tok,
-                               os.path.join(cache_dir, f"{name}-{type(tok).__name__}-{tok.n}.u32"))
+                               os.path.join(cache_dir, f"{name}-{type(tok).__name__}-{tok.n}-"
+                                                       f"{_tokenizer_digest(tok)}.u32"))
     split_at = int(len(tokens) * 0.995)
     return Corpus(PackedBlocks(tokens[:split_at], length), PackedBlocks(tokens[split_at:], length), tok)

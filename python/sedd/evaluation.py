@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import DETOKENIZERS, HF_NAMES, get_tokenizer, load_corpus, tokenize_to_cache
+from .data import (DETOKENIZERS, HF_NAMES, _cache_folder, _tokenizer_digest, get_tokenizer,
+                   load_corpus, tokenize_to_cache)
 from .language import Language
 
 PROTOCOLS = ("sedd", "mdlm")
@@ -92,7 +93,7 @@ def mdlm_blocks(tokens: np.ndarray, length: int, bos: int | None, eos: int | Non
     return np.concatenate([np.full((n, 1), bos), body, np.full((n, 1), eos)], axis=1)
 
 
-def _hf_split_tokens(name: str, split: str, tokenizer, cache_dir: str) -> np.ndarray:
+def _hf_split_tokens(name: str, split: str, tokenizer, cache_dir: str | None) -> np.ndarray:
     """The EOS-joined token stream of one split of a `datasets` corpus (detokenized as in
     sedd.data), tokenized once and cached."""
     from datasets import load_dataset
@@ -103,8 +104,8 @@ def _hf_split_tokens(name: str, split: str, tokenizer, cache_dir: str) -> np.nda
         raise ValueError(f"{name}: cannot load split {split!r} of {path}: {e}") from e
     field = "text" if "text" in ds.column_names else ds.column_names[0]
     detok = DETOKENIZERS.get(name, lambda s: s)
-    os.makedirs(cache_dir, exist_ok=True)
-    cache = os.path.join(cache_dir, f"{name}-{split}-{type(tokenizer).__name__}-{tokenizer.n}.u32")
+    cache = os.path.join(_cache_folder(cache_dir), f"{name}-{split}-{type(tokenizer).__name__}-"
+                                                   f"{tokenizer.n}-{_tokenizer_digest(tokenizer)}.u32")
     return tokenize_to_cache((detok(r[field]) for r in ds), tokenizer, cache)
 
 
@@ -128,7 +129,7 @@ def evaluation_set(protocol: str, data: str, tokenizer: str, length: int, num: i
     split = SPLITS[protocol].get(data)
     if split is not None:
         tok = get_tokenizer(tokenizer)
-        tokens = _hf_split_tokens(data, split, tok, cache_dir or os.path.expanduser("~/.cache/sedd"))
+        tokens = _hf_split_tokens(data, split, tok, cache_dir)
         source = f"{data}, {split} split"
     else:
         corpus = load_corpus(data, tokenizer, length, cache_dir=cache_dir)

@@ -2,40 +2,49 @@
 
 from __future__ import annotations
 
-import os
 import re
+from dataclasses import dataclass
 
 import torch
 
-from .data import WordTokenizer, _text_files, get_tokenizer
-from .graphs import get_graph
-from .hub import from_pretrained
-from .language import builtin_language
-from .noise import get_noise
+from .hub import load_pretrained
+from .runconfig import RunConfig
 
 BLANK = re.compile(r"\[(_+)(?::(\d+))?\]")
 
 
-def load_for_inference(checkpoint: str, device="cpu", use_ema=True):
-    """(model, graph, noise, tokenizer, config) of a training output folder or checkpoint. The
-    model is rebuilt from its saved ModelConfig, parametrisation included ("score" when a config
-    predates the field)."""
-    model, cfg = from_pretrained(checkpoint, device=device, use_ema=use_ema)
-    train = cfg.get("train", {})
-    graph = get_graph(cfg.get("graph", "absorb"), cfg.get("n", model.config.vocab_size - 1))
-    if model.config.time_independent and graph.name != "absorb":
-        raise ValueError(f"checkpoint {checkpoint!r}: a time-independent ('clean') model needs "
-                         f"the absorbing graph, its config says {cfg.get('graph')!r}")
-    noise_cfg = dict(cfg.get("noise", {"name": "loglinear"}))
-    noise = get_noise(noise_cfg.pop("name"), **noise_cfg)
-    data = train.get("data", "builtin")
-    if data == "builtin":
-        tokenizer = WordTokenizer(builtin_language())
-    else:
-        spec = train.get("tokenizer", "gpt2")
-        files = _text_files(data) if spec.startswith("bpe") and os.path.exists(data) else None
-        tokenizer = get_tokenizer(spec, files)
-    return model, graph, noise, tokenizer, cfg
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    graph: object
+    noise: object
+    tokenizer: object
+    run: RunConfig
+    path: str          # the file or folder the weights came from
+    weights: str       # "ema", "raw" or "hub"
+
+    @property
+    def length(self) -> int:
+        """The training length (the model's window when the config has none)."""
+        return self.run.seq_len or self.model.config.max_length
+
+
+def load_run(checkpoint: str, device="cpu", use_ema=True, tokenizer: str | None = None) -> Loaded:
+    """Model, graph, noise and tokenizer of any checkpoint sedd.hub.load_pretrained reads (this
+    project's runs and Hub folders, the paper's Hub folders and training runs, Hub ids).
+    `tokenizer` overrides the run's (a sedd.data.get_tokenizer spec, e.g. gpt2:PATH.tiktoken to
+    work offline); it must have the checkpoint's vocabulary."""
+    p = load_pretrained(checkpoint, device=device, use_ema=use_ema)
+    run = p.run
+    tok = run.build_tokenizer(tokenizer)
+    return Loaded(p.model, run.build_graph(), run.build_noise(), tok, run, p.path, p.weights)
+
+
+def load_for_inference(checkpoint: str, device="cpu", use_ema=True, tokenizer: str | None = None):
+    """(model, graph, noise, tokenizer, config dict) of load_run; the config in this project's
+    format (a paper checkpoint's translated)."""
+    r = load_run(checkpoint, device, use_ema, tokenizer)
+    return r.model, r.graph, r.noise, r.tokenizer, r.run.to_dict()
 
 
 def condition_from(tokenizer, length: int, prefix: str = "", suffix: str = "",

@@ -17,8 +17,10 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .cli import available_memory, check_device, gib
 from .data import load_corpus
 from .graphs import get_graph
+from .hub import load_pretrained, read_run_config
 from .losses import batch_loss, likelihood_bound
 from .model import PRESETS, DDiT, ModelConfig
 from .noise import get_noise
@@ -73,6 +75,9 @@ class TrainConfig:
     dropout: float = -1.0
     progress: bool = True
     final_report: bool = True
+    init_from: str = ""             # fine-tune: start from this checkpoint's weights (any layout)
+    init_weights: str = "ema"       # "ema" or "raw" weights of init_from
+    cache_dir: str = ""             # token files and trained tokenizers (default ~/.cache/sedd)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -80,8 +85,13 @@ class TrainConfig:
         if preset not in TRAIN_PRESETS:
             raise ValueError(f"preset must be one of {sorted(TRAIN_PRESETS)}, got {preset!r}")
         values = dict(TRAIN_PRESETS[preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
         values["preset"] = preset
+        if given.get("init_from") and not given.get("resume"):
+            values.update(_inherit_from_checkpoint(given["init_from"], given))
+        elif given.get("init_from"):
+            values.update(_inherit_from_checkpoint(given["init_from"], given, check=False))
         cfg = cls(**{k: v for k, v in values.items() if k in {f.name for f in fields(cls)}})
         cfg.validate()
         return cfg
@@ -105,10 +115,31 @@ class TrainConfig:
              f"--parametrisation must be score or clean, got {self.parametrisation!r}")
         need(self.parametrisation == "score" or self.graph == "absorb",
              f"--parametrisation clean needs --graph absorb, got {self.graph!r}")
-        for name in ("eval_every", "save_every", "sample_every", "log_every"):
+        for name in ("eval_every", "save_every", "sample_every", "log_every", "sample_steps",
+                     "eval_batches"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+        need(self.grad_clip > 0 and math.isfinite(self.grad_clip),
+             f"--grad-clip must be > 0, got {self.grad_clip}")
+        need(self.init_weights in ("ema", "raw"),
+             f"--init-weights must be ema or raw, got {self.init_weights!r}")
+        for name in ("hidden_size", "n_blocks", "n_heads", "cond_dim"):
+            need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 1")
+        need(self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.preset in PRESETS:
+            p = dict(PRESETS[self.preset])
+            H = self.hidden_size or p["hidden_size"]
+            heads = self.n_heads or p["n_heads"]
+            need(H % heads == 0, f"--hidden-size {H} is not divisible by --n-heads {heads}")
+            need((H // heads) % 2 == 0, f"the head width --hidden-size / --n-heads = "
+                                        f"{H // heads} must be even (rotary positions)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
+        if self.init_from:
+            run = read_run_config(self.init_from)
+            m = run.model.to_dict()
+            if self.dropout >= 0:
+                m["dropout"] = self.dropout
+            return ModelConfig(**m)
         p = dict(PRESETS[self.preset])
         for k in ("hidden_size", "n_blocks", "n_heads", "cond_dim"):
             if getattr(self, k) > 0:
@@ -119,11 +150,69 @@ class TrainConfig:
                            max_length=self.seq_len, parametrisation=self.parametrisation, **p)
 
 
+INHERITED = ("graph", "noise", "hidden_size", "n_blocks", "n_heads", "cond_dim", "parametrisation")
+
+
+def _inherit_from_checkpoint(path: str, given: dict, check: bool = True) -> dict:
+    """The TrainConfig fields a fine-tuning run takes from its --init-from checkpoint (graph,
+    noise, model shape, tokenizer, training length). A flag the user gave that disagrees is an
+    error (dropout and the length may be changed: the length up to the model's window)."""
+    run = read_run_config(path)
+    m = run.model
+    graph = run.graph
+    have = {"graph": graph, "noise": run.noise["name"], "hidden_size": m.hidden_size,
+            "n_blocks": m.n_blocks, "n_heads": m.n_heads, "cond_dim": m.cond_dim,
+            "parametrisation": m.parametrisation}
+    if check:
+        for k in INHERITED:
+            if k in given and given[k] not in ("", 0, -1.0) and given[k] != have[k]:
+                raise ValueError(f"--{k.replace('_', '-')} {given[k]} disagrees with the "
+                                 f"checkpoint's {have[k]} (--init-from {path}); leave the flag "
+                                 f"out to take the checkpoint's")
+    out = dict(have)
+    out["dropout"] = given.get("dropout", m.dropout)
+    out["seq_len"] = given.get("seq_len", run.seq_len or m.max_length)
+    if out["seq_len"] > m.max_length:
+        raise ValueError(f"--seq-len {out['seq_len']} is longer than the checkpoint's window "
+                         f"{m.max_length} (--init-from {path})")
+    if "tokenizer" not in given and run.tokenizer != "builtin":
+        out["tokenizer"] = run.tokenizer
+    if "data" not in given:
+        if run.tokenizer != "builtin":
+            raise ValueError(f"--init-from {path}: the checkpoint's vocabulary is the {run.tokenizer} "
+                             f"tokenizer's ({run.n} tokens); pass --data (a text file or folder, "
+                             f"or a datasets name) to fine-tune on")
+        out["data"] = "builtin"
+    return out
+
+
+def estimate_memory(cfg: "TrainConfig", model_cfg: ModelConfig) -> dict:
+    """A rough upper estimate of a run's memory in bytes, by part: weights with gradients, AdamW
+    state and the EMA copy (5 fp32 copies); activations kept for backward (about 20 floats per
+    token, width and block) and the [tokens, V] log-score block (a chunk of rows when the
+    projection is fused); the built-in corpus's sequences (int64, generated once)."""
+    H, C, V, n = model_cfg.hidden_size, model_cfg.cond_dim, model_cfg.vocab_size, model_cfg.n_blocks
+    params = 2 * V * H + V + n * (12 * H * H + 6 * H * C + 13 * H) + 2 * H * C + 256 * C + C * C
+    tokens = cfg.batch_size * cfg.seq_len
+    parts = {"weights, gradients, optimizer, EMA": 20 * params,
+             "activations": 4 * 20 * tokens * H * n,
+             "log-scores": 4 * 3 * V * (min(tokens, 1024) if cfg.fused_linear else tokens)}
+    if cfg.data == "builtin":
+        parts["built-in corpus"] = 2 * 8 * 21_000 * cfg.seq_len
+    return parts
+
+
 def _step_seed(seed: int, *parts: int) -> int:
     h = seed & 0xFFFFFFFF
     for p in parts:
         h = (h * 1_000_003 + p + 0x9E3779B9) & 0x7FFFFFFFFFFF
     return h
+
+
+def _builtin_vocab(cfg) -> int:
+    from .language import builtin_language
+    n = builtin_language().n
+    return n + 1 if cfg.graph == "absorb" else n
 
 
 class Trainer:
@@ -133,7 +222,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = check_device(cfg.device or None)
         if dev == "cuda" and self.world > 1:
             dev = f"cuda:{self.local_rank}"
             torch.cuda.set_device(self.local_rank)
@@ -142,15 +231,36 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
         torch.manual_seed(cfg.seed)
-        self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed)
-        self.graph = get_graph(cfg.graph, self.corpus.tokenizer.n)
-        if self.graph.V < self.corpus.tokenizer.n:
-            raise ValueError(f"--graph {cfg.graph}: Q has {self.graph.V} states but the tokenizer "
-                             f"has {self.corpus.tokenizer.n} tokens")
-        noise = cfg.noise or ("loglinear" if cfg.graph == "absorb" else "geometric")
-        self.noise = get_noise(noise)
+        init = read_run_config(cfg.init_from) if cfg.init_from else None
+        # refuse a run that cannot fit before allocating it (V is known up front here)
+        if init is not None:
+            self._check_memory(cfg.model_config(init.V), cfg)
+        elif cfg.data == "builtin":
+            self._check_memory(cfg.model_config(_builtin_vocab(cfg)), cfg)
+        self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
+                                  cache_dir=cfg.cache_dir or None)
+        if init is not None:
+            init.check_tokenizer(self.corpus.tokenizer, cfg.tokenizer if cfg.data != "builtin"
+                                 else "builtin")
+            self.graph, self.noise = init.build_graph(), init.build_noise()
+            self.graph_spec = init.graph
+        else:
+            self.graph_spec = cfg.graph
+            self.graph = get_graph(cfg.graph, self.corpus.tokenizer.n)
+            if self.graph.V < self.corpus.tokenizer.n:
+                raise ValueError(f"--graph {cfg.graph}: Q has {self.graph.V} states but the "
+                                 f"tokenizer has {self.corpus.tokenizer.n} tokens")
+            noise = cfg.noise or ("loglinear" if cfg.graph == "absorb" else "geometric")
+            self.noise = get_noise(noise)
         self.model_cfg = cfg.model_config(self.graph.V)
+        if cfg.data != "builtin" and init is None:
+            self._check_memory(self.model_cfg, cfg)
         self.model = DDiT(self.model_cfg).to(self.device)
+        if init is not None and not cfg.resume:
+            p = load_pretrained(cfg.init_from, use_ema=cfg.init_weights == "ema")
+            self.model.load_state_dict(p.model.state_dict(), strict=True)
+            if self.is_main:
+                print(f"initialised from {p.path} ({p.weights} weights, {init.layout} layout)")
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
                                      eps=1e-8, weight_decay=0.0)
@@ -172,10 +282,19 @@ class Trainer:
         self.stop_requested = False
         self.autocast = self.device.type == "cuda"
 
+    def _check_memory(self, model_cfg, cfg):
+        parts = estimate_memory(cfg, model_cfg)
+        total, have = sum(parts.values()), available_memory(str(self.device))
+        if total > 0.9 * have:
+            detail = ", ".join(f"{k} {gib(v)}" for k, v in parts.items())
+            raise ValueError(f"--batch-size {cfg.batch_size} x --seq-len {cfg.seq_len} would need "
+                             f"about {gib(total)} ({detail}), more than the {gib(have)} available "
+                             f"on {self.device}; lower --seq-len or --batch-size (or raise --accum)")
+
     # ---- checkpoints
     def _config_dict(self):
         return {"train": {k: v for k, v in asdict(self.cfg).items() if k != "extra"},
-                "model": self.model_cfg.to_dict(), "graph": self.cfg.graph, "n": self.graph.n,
+                "model": self.model_cfg.to_dict(), "graph": self.graph_spec, "n": self.graph.n,
                 "noise": {"name": self.noise.name, **{k: v for k, v in vars(self.noise).items()}},
                 "data": self.cfg.data}
 
@@ -202,14 +321,17 @@ class Trainer:
             if was is not None and was != now:
                 raise ValueError(f"--resume: the checkpoint {path} was trained with {key} = "
                                  f"{was!r}, this run has {now!r}")
-        if (saved or {}).get("graph", self.cfg.graph) != self.cfg.graph:
+        if (saved or {}).get("graph", self.graph_spec) != self.graph_spec:
             raise ValueError(f"--resume: the checkpoint {path} was trained with --graph "
-                             f"{saved['graph']!r}, this run has {self.cfg.graph!r}")
+                             f"{saved['graph']!r}, this run has {self.graph_spec!r}")
         self.model.load_state_dict(weights, strict=True)
         self.ema_model.load_state_dict(ema, strict=True)
         self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
+        cuda_states = state["rng"].get("cuda")
+        if cuda_states is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
