@@ -132,7 +132,7 @@ def bound_main(args, p):
                         cache_dir=args.cache_dir or run.cache_dir)
     x0, n = ev.x0, len(ev.x0)
     if n < 2:
-        sys.exit(f"evaluate.py: {ev.source}: {n} block; a standard error needs two")
+        raise ValueError(f"{ev.source}: {n} block; a standard error needs two")
     mdlm = args.protocol == "mdlm"
     bound, prior, se = evaluate(model, graph, noise, x0, args.timesteps, args.batch_size,
                                 args.seed, device, low_discrepancy=mdlm)
@@ -165,20 +165,14 @@ def samples_are_builtin(args) -> bool:
 
 
 def genppl_main(args):
-    try:
-        rows = load_samples(args.samples)
-    except (OSError, ValueError) as e:
-        sys.exit(f"evaluate.py: {e}")
+    rows = load_samples(args.samples)
     tokens = [r["tokens"] for r in rows] if all("tokens" in r for r in rows) else None
     print(f"samples: {len(rows)} from {args.samples}")
     if samples_are_builtin(args):
         if tokens is None:
-            sys.exit("evaluate.py: built-in corpus samples need their 'tokens'")
+            raise ValueError("built-in corpus samples need their 'tokens'")
         lang = builtin_language()
-        try:
-            nll = exact_language_nll(tokens, lang)
-        except ValueError as e:
-            sys.exit(f"evaluate.py: {e}")
+        nll = exact_language_nll(tokens, lang)
         counts = np.array([len(t) for t in tokens])
         valid = np.isfinite(nll)
         per_token = float(nll.sum() / counts.sum())
@@ -193,12 +187,12 @@ def genppl_main(args):
                       perplexity_valid=math.exp(valid_pt))
     else:
         if not all("text" in r for r in rows):
-            sys.exit("evaluate.py: scoring with a causal LM needs every sample's 'text'")
+            raise ValueError("scoring with a causal LM needs every sample's 'text'")
+        device = check_device(args.device)
         try:
-            device = check_device(args.device)
             model, lm_tok = load_causal_lm(args.causal_lm, device)
         except RuntimeError as e:
-            sys.exit(f"evaluate.py: {e}")
+            raise ValueError(str(e)) from None
         scored = score_texts([r["text"] for r in rows], model, lm_tok, batch_size=args.lm_batch_size,
                              context=args.lm_context, stride=args.lm_stride, device=device)
         print(f"generative perplexity under {args.causal_lm}: {scored.perplexity:.3f} (NLL "

@@ -25,7 +25,8 @@ from sedd.noise import Geometric, LogLinear
 from conftest import tiny_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_RANKS = os.environ.get("SEDD_TEST_GPT2_RANKS", os.path.join(ROOT, "..", "shared", "data", "gpt2.tiktoken"))
+SHARED_RANKS = os.environ.get(
+    "SEDD_TEST_GPT2_RANKS", os.path.join(ROOT, "..", "shared", "data", "gpt2.tiktoken"))
 H, C, BLOCKS, HEADS, LENGTH = 32, 16, 2, 2, 32
 
 

@@ -232,18 +232,20 @@ def test_text_file_corpus_is_tokenized_once(tmp_path):
     text = open(os.path.join(SHARED, "shakespeare.txt"), encoding="utf-8").read()[:200_000]
     f = tmp_path / "plays.txt"
     f.write_text(text)
-    c = load_corpus(str(f), "char", 64)
-    caches = list(tmp_path.glob("tokens-*.u32"))
+    cache = tmp_path / "cache"          # the cache folder, never beside the data (issue 11)
+    c = load_corpus(str(f), "char", 64, cache_dir=str(cache))
+    caches = list(cache.glob("tokens-*.u32"))
     assert len(caches) == 1 and len(c.train) > 100
     assert c.tokenizer.decode(c.train[0].tolist()) == "".join(
         ch for ch in text.lower() if ch in c.tokenizer.index)[:64]
     mtime = caches[0].stat().st_mtime_ns
-    load_corpus(str(f), "char", 64)
+    load_corpus(str(f), "char", 64, cache_dir=str(cache))
     assert caches[0].stat().st_mtime_ns == mtime
-    # a byte-level BPE trained with `tokenizers` on the corpus, cached beside it
+    # a byte-level BPE trained with `tokenizers` on the corpus, in the cache folder
     pytest.importorskip("tokenizers", reason="tokenizers is a `train` extra")
-    c = load_corpus(str(f), "bpe:400", 32)
-    assert len(list(tmp_path.glob("bpe-400-*.json"))) == 1
+    c = load_corpus(str(f), "bpe:400", 32, cache_dir=str(cache))
+    assert len(list(cache.glob("bpe-400-*.json"))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "plays.txt"]
     assert c.tokenizer.n <= 400 and len(c.train) > 10
     assert c.tokenizer.decode(c.tokenizer.encode("To be, or not to be")) == "To be, or not to be"
 

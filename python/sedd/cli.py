@@ -3,8 +3,9 @@ never a traceback.
 
 - `Parser`: argparse whose usage errors are one line (`train.py: error: ...`), exit code 2.
 - `run_door(name, main, argv)`: runs a door's main; the errors that bad input raises
-  (ValueError, OSError, CheckpointError, ImportError, out-of-memory) become `name: message` and
-  exit code 1. Set SEDD_DEBUG=1 to see the traceback instead.
+  (ValueError, OSError, CheckpointError, ImportError, out-of-memory) become
+  `SystemExit("name: message")`: that line on stderr and exit status 1 (in-process callers catch
+  SystemExit and read the message from it). Set SEDD_DEBUG=1 to see the traceback instead.
 - argparse types for counts and rates that name the flag when they are out of range.
 - `check_device`: `--device` parsed and checked against this machine."""
 
@@ -37,8 +38,7 @@ def run_door(name: str, main, argv=None):
         msg = " ".join(str(e).split()) or type(e).__name__
         if isinstance(e, torch.OutOfMemoryError):
             msg = "out of memory: " + msg[:200] + " (lower --batch-size or --seq-len)"
-        print(f"{name}: {msg}", file=sys.stderr)
-        sys.exit(1)
+        raise SystemExit(f"{name}: {msg}") from None     # printed on stderr, exit status 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)

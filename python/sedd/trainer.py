@@ -186,16 +186,17 @@ def _inherit_from_checkpoint(path: str, given: dict, check: bool = True) -> dict
     return out
 
 
-def estimate_memory(cfg: "TrainConfig", model_cfg: ModelConfig) -> dict:
+def estimate_memory(cfg: "TrainConfig", model_cfg: ModelConfig, device: str = "cpu") -> dict:
     """A rough upper estimate of a run's memory in bytes, by part: weights with gradients, AdamW
-    state and the EMA copy (5 fp32 copies); activations kept for backward (about 20 floats per
-    token, width and block) and the [tokens, V] log-score block (a chunk of rows when the
-    projection is fused); the built-in corpus's sequences (int64, generated once)."""
+    state and the EMA copy (5 fp32 copies); activations kept for backward (about 20 values per
+    token, width and block: bf16 under CUDA autocast, fp32 on the CPU) and the [tokens, V]
+    log-score block (a chunk of rows when the projection is fused); the built-in corpus's
+    sequences (int64, generated once)."""
     H, C, V, n = model_cfg.hidden_size, model_cfg.cond_dim, model_cfg.vocab_size, model_cfg.n_blocks
     params = 2 * V * H + V + n * (12 * H * H + 6 * H * C + 13 * H) + 2 * H * C + 256 * C + C * C
     tokens = cfg.batch_size * cfg.seq_len
     parts = {"weights, gradients, optimizer, EMA": 20 * params,
-             "activations": 4 * 20 * tokens * H * n,
+             "activations": (2 if str(device).startswith("cuda") else 4) * 20 * tokens * H * n,
              "log-scores": 4 * 3 * V * (min(tokens, 1024) if cfg.fused_linear else tokens)}
     if cfg.data == "builtin":
         parts["built-in corpus"] = 2 * 8 * 21_000 * cfg.seq_len
@@ -283,7 +284,7 @@ class Trainer:
         self.autocast = self.device.type == "cuda"
 
     def _check_memory(self, model_cfg, cfg):
-        parts = estimate_memory(cfg, model_cfg)
+        parts = estimate_memory(cfg, model_cfg, str(self.device))
         total, have = sum(parts.values()), available_memory(str(self.device))
         if total > 0.9 * have:
             detail = ", ".join(f"{k} {gib(v)}" for k, v in parts.items())
