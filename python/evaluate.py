@@ -36,49 +36,15 @@ the true language replaces the causal LM.
 
 import argparse
 import math
-import os
 import sys
-from typing import NamedTuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door  # noqa: E402
-from sedd.evaluation import PROTOCOLS, evaluation_set  # noqa: E402
-from sedd.genppl import (exact_language_nll, load_causal_lm, load_samples, score_texts,  # noqa: E402
-                         unigram_entropy)
-from sedd.hub import read_run_config  # noqa: E402
-from sedd.inference import load_run  # noqa: E402
-from sedd.language import builtin_language  # noqa: E402
-from sedd.losses import likelihood_bound  # noqa: E402
-
-
-class BoundReport(NamedTuple):
-    per_token: float               # Σ bound / Σ tokens, nats
-    stderr: float                  # its standard error (over blocks, timestep noise included)
-    exact_per_token: float | None  # exact NLL of the same blocks (built-in corpus), nats/token
-
-
-class GenPPLReport(NamedTuple):
-    perplexity: float              # exp(token-mean NLL) over all samples (inf: an impossible one)
-    nll_per_token: float
-    num_tokens: int
-    entropy: float                 # mean over samples of each sample's unigram entropy, nats
-    entropy_pooled: float          # unigram entropy of all samples' tokens pooled, nats
-    valid_fraction: float | None   # built-in corpus: share of samples with p > 0
-    perplexity_valid: float | None  # built-in corpus: over the samples with p > 0
-
-
-def evaluate(model, graph, noise, sequences, timesteps, batch_size, seed=0, device="cpu", *,
-             low_discrepancy=False):
-    """Per-sequence bounds, priors and standard errors over a [N, L] tensor of token ids."""
-    gen = torch.Generator().manual_seed(seed)
-    out = [likelihood_bound(model, sequences[i:i + batch_size].to(device), graph, noise, timesteps,
-                            gen, batch_low_discrepancy=low_discrepancy)
-           for i in range(0, len(sequences), batch_size)]
-    return tuple(torch.cat(parts) for parts in zip(*out))
+from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door
+from sedd.evaluation import (PROTOCOLS, bound_report, evaluation_set, exact_sample_report,
+                             lm_sample_report)
+from sedd.genppl import load_causal_lm, load_samples
+from sedd.hub import read_run_config
+from sedd.inference import load_run
+from sedd.language import builtin_language
 
 
 def parser():
@@ -125,35 +91,25 @@ def bound_main(args, p):
     r = load_run(args.checkpoint, device, not args.no_ema, args.tokenizer)
     for note in r.run.notes:
         print(f"note: {note}", file=sys.stderr)
-    model, graph, noise, run = r.model, r.graph, r.noise, r.run
-    L = r.length
-    data = args.data or run.data
-    ev = evaluation_set(args.protocol, data, r.tokenizer, L, args.num_sequences, seed=run.seed,
-                        cache_dir=args.cache_dir or run.cache_dir)
-    x0, n = ev.x0, len(ev.x0)
-    if n < 2:
-        raise ValueError(f"{ev.source}: {n} block; a standard error needs two")
+    ev = evaluation_set(args.protocol, args.data or r.run.data, r.tokenizer, r.length,
+                        args.num_sequences, seed=r.run.seed,
+                        cache_dir=args.cache_dir or r.run.cache_dir)
     mdlm = args.protocol == "mdlm"
-    bound, prior, se = evaluate(model, graph, noise, x0, args.timesteps, args.batch_size,
-                                args.seed, device, low_discrepancy=mdlm)
-    per_token = bound.sum().item() / (n * L)
-    # standard error of the mean over blocks (includes the timestep noise) per token
-    stderr = bound.std(unbiased=True).item() / math.sqrt(n) / L
+    rep = bound_report(r.model, r.graph, r.noise, ev, args.timesteps, args.batch_size, args.seed,
+                       device, low_discrepancy=mdlm)
     print(f"protocol: {args.protocol} — {ev.source}")
-    print(f"blocks: {n} of {L} tokens; {args.timesteps} stratified noise levels per block over all "
-          f"of t ∈ [0, 1]" + ("; low-discrepancy across each batch" if mdlm else ""))
-    print(f"likelihood bound: {per_token:.4f} ± {stderr:.4f} nats/token")
-    print(f"prior term: {prior.mean().item() / L:.4f} nats/token (included above)")
-    ppl = math.exp(per_token)
-    print(f"perplexity bound: {ppl:.3f} ± {ppl * stderr:.3f}")
-    exact_per_token = None
-    if ev.exact_nll is not None:
-        exact_per_token = float(ev.exact_nll.mean() / L)
-        print(f"exact NLL of these blocks: {exact_per_token:.4f} nats/token (perplexity "
-              f"{math.exp(exact_per_token):.3f}); entropy rate at L = {L}: "
-              f"{ev.language.entropy_rate(L)[0]:.4f}")
-        print(f"gap: {per_token - exact_per_token:.4f} nats/token")
-    return BoundReport(per_token, stderr, exact_per_token)
+    print(f"blocks: {rep.blocks} of {rep.length} tokens; {args.timesteps} stratified noise levels "
+          f"per block over all of t ∈ [0, 1]" + ("; low-discrepancy across each batch" if mdlm else ""))
+    print(f"likelihood bound: {rep.per_token:.4f} ± {rep.stderr:.4f} nats/token")
+    print(f"prior term: {rep.prior_per_token:.4f} nats/token (included above)")
+    ppl = math.exp(rep.per_token)
+    print(f"perplexity bound: {ppl:.3f} ± {ppl * rep.stderr:.3f}")
+    if rep.exact_per_token is not None:
+        print(f"exact NLL of these blocks: {rep.exact_per_token:.4f} nats/token (perplexity "
+              f"{math.exp(rep.exact_per_token):.3f}); entropy rate at L = {rep.length}: "
+              f"{rep.entropy_rate:.4f}")
+        print(f"gap: {rep.per_token - rep.exact_per_token:.4f} nats/token")
+    return rep
 
 
 def samples_are_builtin(args) -> bool:
@@ -171,20 +127,13 @@ def genppl_main(args):
     if samples_are_builtin(args):
         if tokens is None:
             raise ValueError("built-in corpus samples need their 'tokens'")
-        lang = builtin_language()
-        nll = exact_language_nll(tokens, lang)
-        counts = np.array([len(t) for t in tokens])
-        valid = np.isfinite(nll)
-        per_token = float(nll.sum() / counts.sum())
-        valid_pt = float(nll[valid].sum() / counts[valid].sum()) if valid.any() else math.inf
+        rep = exact_sample_report(tokens, builtin_language())
         print("scored by the built-in language's exact likelihood (it replaces a causal LM)")
-        print(f"samples with positive probability: {valid.sum()}/{len(rows)}; their exact NLL: "
-              f"{valid_pt:.4f} nats/token, generative perplexity {math.exp(valid_pt):.3f}")
-        print(f"generative perplexity of all samples: {math.exp(per_token):.3f} (NLL "
-              f"{per_token:.4f} nats/token over {counts.sum()} tokens)")
-        report = dict(perplexity=math.exp(per_token), nll_per_token=per_token,
-                      num_tokens=int(counts.sum()), valid_fraction=float(valid.mean()),
-                      perplexity_valid=math.exp(valid_pt))
+        print(f"samples with positive probability: {round(rep.valid_fraction * len(rows))}/"
+              f"{len(rows)}; their exact NLL: {math.log(rep.perplexity_valid):.4f} nats/token, "
+              f"generative perplexity {rep.perplexity_valid:.3f}")
+        print(f"generative perplexity of all samples: {rep.perplexity:.3f} (NLL "
+              f"{rep.nll_per_token:.4f} nats/token over {rep.num_tokens} tokens)")
     else:
         if not all("text" in r for r in rows):
             raise ValueError("scoring with a causal LM needs every sample's 'text'")
@@ -193,19 +142,15 @@ def genppl_main(args):
             model, lm_tok = load_causal_lm(args.causal_lm, device)
         except RuntimeError as e:
             raise ValueError(str(e)) from None
-        scored = score_texts([r["text"] for r in rows], model, lm_tok, batch_size=args.lm_batch_size,
-                             context=args.lm_context, stride=args.lm_stride, device=device)
-        print(f"generative perplexity under {args.causal_lm}: {scored.perplexity:.3f} (NLL "
-              f"{scored.nll_per_token:.4f} nats/token over {scored.tokens.sum()} re-tokenized tokens; "
+        rep, scored = lm_sample_report([r["text"] for r in rows], tokens, model, lm_tok,
+                                       batch_size=args.lm_batch_size, context=args.lm_context,
+                                       stride=args.lm_stride, device=device)
+        print(f"generative perplexity under {args.causal_lm}: {rep.perplexity:.3f} (NLL "
+              f"{rep.nll_per_token:.4f} nats/token over {rep.num_tokens} re-tokenized tokens; "
               f"context {scored.context}, stride {scored.stride})")
-        report = dict(perplexity=scored.perplexity, nll_per_token=scored.nll_per_token,
-                      num_tokens=int(scored.tokens.sum()), valid_fraction=None, perplexity_valid=None)
-        if tokens is None:
-            tokens = [lm_tok(r["text"], add_special_tokens=False)["input_ids"] for r in rows]
-    entropy, pooled = unigram_entropy(tokens)
-    print(f"unigram entropy of the samples' tokens: {entropy:.4f} nats (mean over samples); "
-          f"{pooled:.4f} nats pooled")
-    return GenPPLReport(entropy=entropy, entropy_pooled=pooled, **report)
+    print(f"unigram entropy of the samples' tokens: {rep.entropy:.4f} nats (mean over samples); "
+          f"{rep.entropy_pooled:.4f} nats pooled")
+    return rep
 
 
 def _main(argv=None):

@@ -13,10 +13,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from sedd.cli import Parser, run_door  # noqa: E402
-from sedd.hub import load_pretrained, save_pretrained  # noqa: E402
+from sedd.cli import Parser, run_door
+from sedd.hub import load_pretrained, save_pretrained
 
 
 def _main(argv=None):

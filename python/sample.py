@@ -15,13 +15,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import torch  # noqa: E402
-
-from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door  # noqa: E402
-from sedd.inference import condition_from, load_run  # noqa: E402
-from sedd.sampling import sample  # noqa: E402
+from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door
+from sedd.inference import condition_from, load_run
+from sedd.predictors import PREDICTORS
+from sedd.sampling import sample
 
 
 def parser():
@@ -29,7 +28,8 @@ def parser():
     p.add_argument("--checkpoint", required=True, metavar="PATH|REPO",
                    help="a training output folder or checkpoint, a Hub folder or id, or a paper run")
     p.add_argument("--steps", type=positive_int("--steps"), default=128, help="predictor steps (default 128)")
-    p.add_argument("--predictor", default="analytic", choices=["analytic", "euler"])
+    p.add_argument("--predictor", default="analytic", choices=sorted(PREDICTORS),
+                   help="a predictor of sedd.predictors (default analytic)")
     p.add_argument("--num-samples", type=positive_int("--num-samples"), default=4)
     p.add_argument("--length", type=positive_int("--length"),
                    help="tokens per sample (default: the training length; at most the model's window)")
@@ -37,7 +37,9 @@ def parser():
     p.add_argument("--prefix", default="", help="text at the start, kept fixed")
     p.add_argument("--suffix", default="", help="text at the end, kept fixed")
     p.add_argument("--infill", default="", help='template with blanks: "text [____] text [____:12]"')
-    p.add_argument("--out", default="samples.jsonl", help="JSON lines with tokens and text")
+    p.add_argument("--out", help="JSON lines with tokens and text (default, for a training output "
+                                 "folder: RUN/samples/sample-PREDICTOR-STEPS-seedSEED.jsonl; "
+                                 "needed for any other checkpoint)")
     p.add_argument("--tokenizer", help="override the checkpoint's tokenizer, e.g. gpt2:PATH.tiktoken "
                                        "(GPT-2's BPE ranks, offline)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -46,6 +48,18 @@ def parser():
                    help="call the network at every step even for a time-independent ('clean') "
                         "model (the cache is exact: same samples, fewer network calls)")
     return p
+
+
+def output_path(args) -> str:
+    """--out, or for a training output folder its samples/ folder (never the current folder)."""
+    if args.out:
+        return args.out
+    run = os.path.expanduser(args.checkpoint)
+    if os.path.isdir(os.path.join(run, "checkpoints")):
+        os.makedirs(os.path.join(run, "samples"), exist_ok=True)
+        return os.path.join(run, "samples", f"sample-{args.predictor}-{args.steps}-seed{args.seed}.jsonl")
+    raise ValueError(f"--out FILE is needed to write the samples of {args.checkpoint} (only a "
+                     f"training output folder has a default, its samples/ folder)")
 
 
 def _main(argv=None):
@@ -67,20 +81,22 @@ def _main(argv=None):
             raise ValueError(f"the infill template is {length} tokens, longer than the model's "
                              f"window {window}")
         condition = (tokens, given)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
+    out = output_path(args)
+    out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--out {args.out}: the folder {out_dir} does not exist")
+        raise FileNotFoundError(f"--out {out}: the folder {out_dir} does not exist")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x, stats = sample(model, r.graph, r.noise, args.num_samples, length, args.steps, args.predictor,
                       condition=condition, generator=gen, device=device, progress=True,
                       cache=not args.no_cache, return_stats=True)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
           + (" (exact cache)" if stats.cached else ""), file=sys.stderr)
-    with open(args.out, "w") as fh:
+    with open(out, "w") as fh:
         for row in x.cpu().tolist():
             text = tok.decode(row)
             print(text + "\n")
             fh.write(json.dumps({"tokens": row, "text": text}) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def main(argv=None):

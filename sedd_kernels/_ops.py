@@ -7,28 +7,7 @@ from __future__ import annotations
 
 import torch
 
-GRAPHS = ("absorb", "uniform")
-
-
-def _normalise_graph(graph) -> str:
-    name = getattr(graph, "name", graph)  # graph objects of the modeling layer carry .name
-    if name == "absorbing":
-        name = "absorb"
-    if name not in GRAPHS:
-        raise ValueError(f"score_entropy: graph must be 'absorb' or 'uniform', got {graph!r}")
-    return name
-
-
-def _normalise_sigma(sigma, log_score: torch.Tensor) -> torch.Tensor:
-    """sigma as a [B] tensor: accepts a Python number, a 0-d, [B] or [B, 1] tensor."""
-    B = log_score.shape[0] if log_score.dim() >= 1 else 0
-    if not isinstance(sigma, torch.Tensor):
-        sigma = torch.full((B,), float(sigma), dtype=torch.float64, device=log_score.device)
-    elif sigma.dim() == 0:
-        sigma = sigma.expand(B)
-    elif sigma.dim() == 2 and sigma.shape[1] == 1:
-        sigma = sigma[:, 0]
-    return sigma
+from ._args import check_loss_values, graph_name, same_device, sigma_vector, want_validate
 
 
 def _well_formed(log_score, x_t, x_0, sigma, graph) -> bool:
@@ -45,25 +24,7 @@ def _validate_values(log_score, x_t, x_0, sigma, graph):
     CUDA kernels cannot raise, so without this they write NaN for invalid rows."""
     if not _well_formed(log_score, x_t, x_0, sigma, graph):
         return
-    _check_values("score_entropy", log_score.shape[-1], x_t, x_0, sigma, graph)
-
-
-def _check_values(op, V, x_t, x_0, sigma, graph):
-    """Token ids in range (x_0 never the absorbing mask) and sigma > 0, as clear errors."""
-    if x_t.numel():
-        lo, hi = int(x_t.min()), int(x_t.max())
-        if lo < 0 or hi >= V:
-            raise ValueError(f"{op}: x_t must hold token ids in [0, V) = [0, {V}), "
-                             f"got values in [{lo}, {hi}]")
-        hi0 = V - 1 if graph == "absorb" else V
-        lo, hi = int(x_0.min()), int(x_0.max())
-        if lo < 0 or hi >= hi0:
-            note = " (the mask id V-1 is not a clean token)" if graph == "absorb" else ""
-            raise ValueError(f"{op}: x_0 must hold token ids in [0, {hi0}){note}, "
-                             f"got values in [{lo}, {hi}]")
-    if sigma.numel() and not bool((sigma > 0).all()):
-        raise ValueError(f"{op}: sigma must be > 0 (+inf is allowed), got "
-                         f"min {float(sigma.min())}")
+    check_loss_values("score_entropy", log_score.shape[-1], x_t, x_0, sigma, graph)
 
 
 def score_entropy(log_score: torch.Tensor, x_t: torch.Tensor, x_0: torch.Tensor, sigma,
@@ -83,15 +44,10 @@ def score_entropy(log_score: torch.Tensor, x_t: torch.Tensor, x_0: torch.Tensor,
         [B, L] loss per token (float32; float64 for float64 ``log_score``), not weighted by σ̇.
         Differentiable in ``log_score``; the gradient has ``log_score``'s dtype.
     """
-    graph = _normalise_graph(graph)
-    sigma = _normalise_sigma(sigma, log_score)
-    for name, t in (("x_t", x_t), ("x_0", x_0), ("sigma", sigma)):
-        if isinstance(t, torch.Tensor) and t.device != log_score.device:
-            raise ValueError(f"score_entropy: {name} must be on the same device as log_score "
-                             f"({log_score.device}), got {t.device}")
-    if validate is None:
-        validate = not torch.compiler.is_compiling()
-    if validate and log_score.device.type != "cpu" and isinstance(x_t, torch.Tensor):
+    graph = graph_name("score_entropy", graph)
+    sigma = sigma_vector(sigma, log_score)
+    same_device("score_entropy", log_score, "log_score", x_t=x_t, x_0=x_0, sigma=sigma)
+    if want_validate(validate, log_score) and isinstance(x_t, torch.Tensor):
         _validate_values(log_score, x_t, x_0, sigma, graph)
     return torch.ops.sedd.score_entropy(log_score, x_t, x_0, sigma, graph)
 

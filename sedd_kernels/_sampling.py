@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import _normalise_graph, _normalise_sigma
+from ._args import (check_nonneg, check_tokens, graph_name, same_device, sigma_vector,
+                    want_validate)
 
 KINDS = ("euler", "analytic", "denoise")
 
@@ -16,6 +17,9 @@ def philox_seed_offset(generator: torch.Generator | None, device: torch.device) 
     random ops do: a CUDA (Philox) generator keeps its seed and moves its offset on; a CPU
     generator (mt19937) gives two fresh 62-bit numbers. Same generator state → same numbers."""
     device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator: a {generator.device.type} generator cannot drive a sampling "
+                         f"kernel on {device}; create it with torch.Generator(device={device.type!r})")
     if device.type == "cuda":
         if generator is None:
             index = device.index if device.index is not None else torch.cuda.current_device()
@@ -31,38 +35,17 @@ def philox_seed_offset(generator: torch.Generator | None, device: torch.device) 
     return seed, offset
 
 
-def _check_device(op, ref, **tensors):
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.device != ref.device:
-            raise ValueError(f"{op}: {name} must be on the same device as {ref.device}, got {t.device}")
-
-
-def _validate(op, *, x=None, V=None, nonneg=None, name_nonneg="dsigma"):
-    """Data-dependent checks on CUDA (one host sync); CPU kernels check in C++."""
-    if x is not None and x.numel():
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi >= V:
-            raise ValueError(f"{op}: token ids must be in [0, {V}), got values in [{lo}, {hi}]")
-    if nonneg is not None and nonneg.numel() and not bool((nonneg >= 0).all()):
-        raise ValueError(f"{op}: {name_nonneg} must be >= 0, got min {float(nonneg.min())}")
-
-
-def _want_validate(validate, t):
-    if validate is None:
-        validate = not torch.compiler.is_compiling()
-    return validate and t.device.type != "cpu"
-
-
 def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
             generator: torch.Generator | None = None, *, validate: bool | None = None):
     """x_t ~ P(σ)[:, x_0] per position (SEDD.md §1). ``num_tokens`` is V (for 'absorb' the mask is
     V − 1: with probability 1 − e^{−σ} a token becomes the mask; for 'uniform' it becomes a
     uniform draw from [0, V)). ``sigma``: [B], [B, 1], 0-d or a number, ≥ 0."""
-    graph = _normalise_graph(graph)
-    sigma = _normalise_sigma(sigma, x_0)
-    _check_device("perturb", x_0, sigma=sigma)
-    if _want_validate(validate, x_0):
-        _validate("perturb", x=x_0, V=num_tokens, nonneg=sigma, name_nonneg="sigma")
+    graph = graph_name("perturb", graph)
+    sigma = sigma_vector(sigma, x_0)
+    same_device("perturb", x_0, "x_0", sigma=sigma)
+    if want_validate(validate, x_0):
+        check_tokens("perturb", x_0, num_tokens)
+        check_nonneg("perturb", sigma, "sigma")
     seed, offset = philox_seed_offset(generator, x_0.device)
     return torch.ops.sedd.perturb(x_0, sigma, graph, int(num_tokens), seed, offset)
 
@@ -72,7 +55,7 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
     """Indices ~ Categorical(weights / Σ weights) over the last dimension, by the exponential race
     argmax_y w_y / E_y with E_y = −log1p(−u_y) in float64 from 32 random bits (SEDD.md §6).
     ``weights``: non-negative, not NaN, at least one positive entry per row."""
-    if _want_validate(validate, weights) and weights.numel():
+    if want_validate(validate, weights) and weights.numel():
         if not bool(((weights >= 0) & ~torch.isnan(weights)).all()):
             raise ValueError("sample_categorical: weights must be non-negative and not NaN")
         if not bool((weights.amax(dim=-1) > 0).all()):
@@ -81,12 +64,22 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
     return torch.ops.sedd.sample_categorical(weights, seed, offset)
 
 
+def reverse_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None, *,
+                 validate=None):
+    """One reverse step of ``kind`` ("euler", "analytic" or "denoise"; see those functions)."""
+    if kind not in KINDS:
+        raise ValueError(f"reverse_step: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return _step(kind, log_score, x, dsigma, graph, generator, frozen, validate)
+
+
 def _step(kind, log_score, x, dsigma, graph, generator, frozen, validate):
-    graph = _normalise_graph(graph)
-    dsigma = _normalise_sigma(dsigma, log_score)
-    _check_device(kind + "_step", log_score, x=x, dsigma=dsigma, frozen=frozen)
-    if _want_validate(validate, log_score):
-        _validate(kind + "_step", x=x, V=log_score.shape[-1], nonneg=dsigma)
+    op = kind + "_step"
+    graph = graph_name(op, graph)
+    dsigma = sigma_vector(dsigma, log_score)
+    same_device(op, log_score, "log_score", x=x, dsigma=dsigma, frozen=frozen)
+    if want_validate(validate, log_score):
+        check_tokens(op, x, log_score.shape[-1])
+        check_nonneg(op, dsigma, "dsigma")
     seed, offset = philox_seed_offset(generator, log_score.device)
     return torch.ops.sedd.reverse_step(log_score, x, dsigma, graph, kind, seed, offset, frozen)
 
@@ -113,8 +106,8 @@ def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None, *, val
 
 def transition(x: torch.Tensor, sigma, graph, num_tokens: int) -> torch.Tensor:
     """The dense rows p(x_t = y | x_0 = x) = P(σ)[y, x] over y, [B, L, V] float64 (SEDD.md §1)."""
-    graph = _normalise_graph(graph)
-    sigma = _normalise_sigma(sigma, x).to(torch.float64)
+    graph = graph_name("transition", graph)
+    sigma = sigma_vector(sigma, x).to(torch.float64)
     V = int(num_tokens)
     stay = torch.exp(-sigma)[:, None, None]
     onehot = torch.nn.functional.one_hot(x, V).to(torch.float64)
@@ -128,8 +121,8 @@ def transition(x: torch.Tensor, sigma, graph, num_tokens: int) -> torch.Tensor:
 def staggered_score(score: torch.Tensor, dsigma, graph) -> torch.Tensor:
     """stag = exp(−δQ)·s in closed form (SEDD.md §6), for scores s [B, L, V] (not log-scores):
     absorbing e^δ s_y (y ≠ M) and s_M − (e^δ − 1)Σ_{y≠M} s_y; uniform e^δ s_y − (e^δ − 1)S/V."""
-    graph = _normalise_graph(graph)
-    d = _normalise_sigma(dsigma, score).to(score.dtype)[:, None, None]
+    graph = graph_name("staggered_score", graph)
+    d = sigma_vector(dsigma, score).to(score.dtype)[:, None, None]
     if graph == "uniform":
         return torch.exp(d) * score - torch.expm1(d) * score.sum(-1, keepdim=True) / score.shape[-1]
     out = torch.exp(d) * score

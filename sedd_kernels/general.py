@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import _normalise_sigma
+from ._args import sigma_vector
 from ._sampling import sample_categorical
 
 
@@ -66,14 +66,14 @@ class GeneralGraph:
 
     def perturb(self, x_0, sigma, generator=None):
         """x_t ~ P(σ)[:, x_0] per position."""
-        sigma = _normalise_sigma(sigma, x_0).to(torch.float64).cpu()
+        sigma = sigma_vector(sigma, x_0).to(torch.float64).cpu()
         probs = self._cols(self.transition(sigma), x_0.cpu()).clamp_min(0.0)
         return sample_categorical(probs.to(x_0.device), generator)
 
     # ---- SEDD.md §3
     def score_entropy(self, log_score, x_t, x_0, sigma) -> torch.Tensor:
         """Σ_{y≠x} Q[x, y](e^{ℓ_y} − r_y ℓ_y + K(r_y)), r_y = P[y, x0] / P[x, x0]; differentiable."""
-        sigma = _normalise_sigma(sigma, log_score).to(torch.float64).cpu()
+        sigma = sigma_vector(sigma, log_score).to(torch.float64).cpu()
         dtype = torch.float64 if log_score.dtype == torch.float64 else torch.float32
         P = self.transition(sigma).to(log_score.device)
         cols = self._cols(P, x_0)
@@ -91,7 +91,7 @@ class GeneralGraph:
     def step_weights(self, log_score, x, dsigma, kind, frozen=None) -> torch.Tensor:
         """Unnormalised weights [B, L, V] (float64) of one reverse step from the general formulas."""
         B, L, V = log_score.shape
-        d = _normalise_sigma(dsigma, log_score).to(torch.float64).cpu()
+        d = sigma_vector(dsigma, log_score).to(torch.float64).cpu()
         x_cpu = x.cpu()
         s = log_score.detach().cpu().to(torch.float64).exp()
         onehot = torch.nn.functional.one_hot(x_cpu, V).to(torch.float64)
@@ -119,14 +119,15 @@ class GeneralGraph:
             w = torch.where(frozen.cpu()[..., None], onehot, w)
         return w.to(log_score.device)
 
-    def _step(self, kind, log_score, x, dsigma, generator, frozen):
+    def reverse_step(self, log_score, x, dsigma, kind, generator=None, frozen=None):
+        """One reverse step of `kind` ("euler", "analytic", "denoise"): its weights, then the race."""
         return sample_categorical(self.step_weights(log_score, x, dsigma, kind, frozen), generator)
 
     def euler_step(self, log_score, x, dsigma, generator=None, frozen=None):
-        return self._step("euler", log_score, x, dsigma, generator, frozen)
+        return self.reverse_step(log_score, x, dsigma, "euler", generator, frozen)
 
     def analytic_step(self, log_score, x, dsigma, generator=None, frozen=None):
-        return self._step("analytic", log_score, x, dsigma, generator, frozen)
+        return self.reverse_step(log_score, x, dsigma, "analytic", generator, frozen)
 
     def denoise_step(self, log_score, x, sigma, generator=None, frozen=None):
-        return self._step("denoise", log_score, x, sigma, generator, frozen)
+        return self.reverse_step(log_score, x, sigma, "denoise", generator, frozen)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._ops import _check_values, _normalise_graph, _normalise_sigma
+from ._args import check_loss_values, graph_name, sigma_vector
 
 _OP = "linear_score_entropy"
 
@@ -247,7 +247,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
     accumulated over chunks in fp32 and returned in the weight's dtype: an fp32 parameter gets
     the fp32 accumulator itself (no bf16 round trip, no extra copy).
     """
-    graph = _normalise_graph(graph)
+    graph = graph_name(_OP, graph)
     if reduction not in ("none", "sum"):
         raise ValueError(f"{_OP}: reduction must be 'none' or 'sum', got {reduction!r}")
     if token_weight is not None and reduction != "sum":
@@ -279,7 +279,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
                              f"({hidden.device}), got {t.device}")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"{_OP}: chunk_size must be >= 1, got {chunk_size}")
-    sig = _normalise_sigma(sigma, hidden)
+    sig = sigma_vector(sigma, hidden)
     if isinstance(sig, torch.Tensor) and sig.device != hidden.device:
         raise ValueError(f"{_OP}: sigma must be on the same device as hidden ({hidden.device}), "
                          f"got {sig.device}")
@@ -288,7 +288,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
     if validate is None:
         validate = not torch.compiler.is_compiling()
     if validate:   # token ranges and σ > 0 for every row (the kernel only sees the active ones)
-        _check_values(_OP, V, x_t, x_0, sig, graph)
+        check_loss_values(_OP, V, x_t, x_0, sig, graph)
 
     dt = hidden.device.type
     compute_dtype = None

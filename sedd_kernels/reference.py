@@ -308,6 +308,11 @@ def _paper_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None):
     return new
 
 
+def reverse_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None):
+    """The reference twin of sedd_kernels.reverse_step (the paper's dense formulas)."""
+    return _paper_step(log_score, x, dsigma, graph, kind, generator, frozen)
+
+
 def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None):
     return _paper_step(log_score, x, dsigma, graph, "euler", generator, frozen)
 

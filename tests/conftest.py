@@ -8,6 +8,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data")
 
 
 @pytest.fixture(params=DEVICES)
@@ -47,3 +49,30 @@ def tiny_run_config(out, **overrides):
 def _seed():
     """Every test starts from the same global RNG state: failures reproduce."""
     torch.manual_seed(0)
+
+
+def small_cfg(out, **kw):
+    """The TrainConfig of the few-step trainer tests (16 tokens, H = 32)."""
+    from sedd.trainer import TrainConfig
+    base = dict(steps=6, batch_size=8, seq_len=16, lr=1e-3, warmup=2, ema=0.9, eval_every=1000,
+                save_every=1000, sample_every=1000, log_every=1, out=str(out), progress=False,
+                final_report=False, hidden_size=32, n_blocks=2, n_heads=2, dropout=0.0,
+                device="cpu")
+    base.update(kw)
+    return TrainConfig.from_preset("tiny", **base)
+
+
+def script(name, *args, **kw):
+    """Run a door of python/ (sample.py, evaluate.py, ...) as a user would."""
+    import subprocess
+    return subprocess.run([sys.executable, os.path.join(ROOT, "python", name), *args],
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A briefly trained tiny run folder (the built-in language, 24 tokens)."""
+    from sedd.trainer import Trainer
+    out = tmp_path_factory.mktemp("run")
+    Trainer(tiny_run_config(out)).fit()
+    return out

@@ -1,4 +1,5 @@
-"""The paper's checkpoint layouts through every door (issue 11).
+"""Checkpoints: this project's (atomic, exact resume, SIGTERM, corrupt or partial folders, Hub
+folders) and the paper's layouts through every door (issue 11).
 
 The folders are written here from the layouts of the paper's code
 (louaaron/Score-Entropy-Discrete-Diffusion), with small random weights:
@@ -17,12 +18,16 @@ import pytest
 import torch
 
 from sedd.graphs import Absorbing, Uniform
-from sedd.hub import CheckpointError, load_pretrained, read_run_config, save_pretrained
+from sedd.checkpoint import load_checkpoint
+from sedd.hub import (CheckpointError, from_pretrained, load_pretrained, read_run_config,
+                      save_pretrained)
 from sedd.inference import load_run
-from sedd.model import DDiT, ModelConfig
+from sedd.model import PRESETS, DDiT, ModelConfig
 from sedd.noise import Geometric, LogLinear
 
-from conftest import tiny_run_config
+from sedd.trainer import Trainer
+
+from conftest import small_cfg, tiny_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_RANKS = os.environ.get(
@@ -464,3 +469,105 @@ def test_a_hub_folder_without_weights_is_named(tmp_path):
     os.remove(os.path.join(folder, "model.safetensors"))
     with pytest.raises(CheckpointError, match="has a config.json but no weights"):
         read_run_config(folder)
+
+
+def test_save_and_load_pretrained_round_trip(run_dir, tmp_path):
+    model, cfg = from_pretrained(str(run_dir))
+    save_pretrained(str(tmp_path / "hub"), model, {"graph": cfg["graph"], "n": cfg["n"]})
+    again, cfg2 = from_pretrained(str(tmp_path / "hub"))
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert cfg2["model"] == model.config.to_dict()
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    """N steps straight and N/2 + resume + N/2 give bitwise-identical weights on CPU."""
+    from safetensors.torch import load_file
+    Trainer(small_cfg(tmp_path / "straight", steps=6)).fit()
+    Trainer(small_cfg(tmp_path / "split", steps=3)).fit()
+    Trainer(small_cfg(tmp_path / "split", steps=6, resume=True)).fit()
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    e1 = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "ema.safetensors"))
+    e2 = load_file(str(tmp_path / "split" / "checkpoints" / "step-00000006" / "ema.safetensors"))
+    assert all(torch.equal(e1[k], e2[k]) for k in e1)
+
+
+def paper_small_layout(V=50258, H=768, N=12, C=128):
+    """Names and shapes of the paper's released SEDD-small state dict."""
+    spec = {"vocab_embed.embedding": (V, H), "sigma_map.mlp.0.weight": (C, 256),
+            "sigma_map.mlp.0.bias": (C,), "sigma_map.mlp.2.weight": (C, C),
+            "sigma_map.mlp.2.bias": (C,), "rotary_emb.inv_freq": (H // 12 // 2,)}
+    for i in range(N):
+        b = f"blocks.{i}."
+        spec.update({b + "norm1.weight": (H,), b + "attn_qkv.weight": (3 * H, H),
+                     b + "attn_out.weight": (H, H), b + "norm2.weight": (H,),
+                     b + "mlp.0.weight": (4 * H, H), b + "mlp.0.bias": (4 * H,),
+                     b + "mlp.2.weight": (H, 4 * H), b + "mlp.2.bias": (H,),
+                     b + "adaLN_modulation.weight": (6 * H, C), b + "adaLN_modulation.bias": (6 * H,)})
+    spec.update({"output_layer.norm_final.weight": (H,), "output_layer.linear.weight": (V, H),
+                 "output_layer.linear.bias": (V,), "output_layer.adaLN_modulation.weight": (2 * H, C),
+                 "output_layer.adaLN_modulation.bias": (2 * H,)})
+    return spec
+
+
+def test_paper_checkpoint_layout_loads_strictly():
+    spec = paper_small_layout()
+    state = {k: torch.randn(s) * 0.01 for k, s in spec.items()}
+    model = DDiT(ModelConfig(vocab_size=50258, **PRESETS["small"]))
+    model.load_state_dict(state, strict=True)
+    assert 85e6 < model.num_parameters() < 95e6
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
+    """SIGTERM stops the run after the current step with a checkpoint; --resume continues."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "python", "train.py"), "--steps", "100000",
+           "--batch-size", "4", "--seq-len", "16", "--hidden-size", "32", "--n-blocks", "2",
+           "--n-heads", "2", "--device", "cpu", "--out", str(out), "--no-progress", "--no-report",
+           "--eval-every", "100000", "--save-every", "100000", "--sample-every", "100000",
+           "--log-every", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log
+    assert "stopped at step" in log
+    name = (out / "checkpoints" / "latest").read_text().strip()
+    step = int(name.split("-")[1])
+    assert step >= 3
+    cfg = small_cfg(out, steps=step + 2, batch_size=4, resume=True)
+    t = Trainer(cfg)
+    assert t.step == step
+    t.fit()
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
+
+
+def test_corrupt_or_missing_checkpoints(tmp_path):
+    Trainer(small_cfg(tmp_path / "run", steps=2)).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(str(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(small_cfg(tmp_path / "empty", resume=True))
+    # a failed resume never touched the last good pointer
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+
+
+def test_resume_rejects_a_different_parametrisation(tmp_path):
+    """Weights of a σ-conditioned model have the shapes of a time-independent one: resuming with
+    the other --parametrisation must fail clearly, not load silently."""
+    Trainer(small_cfg(tmp_path / "run", steps=1)).fit()
+    with pytest.raises(ValueError, match="parametrisation = 'score', this run has 'clean'"):
+        Trainer(small_cfg(tmp_path / "run", steps=2, resume=True, parametrisation="clean"))

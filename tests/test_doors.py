@@ -62,8 +62,8 @@ def cases():
         (t, ["--batch-size", "-4"], "--batch-size must be >= 1"),
         (t, ["--seq-len", "0"], "--seq-len must be >= 1"),
         (t, ["--hidden-size", "0"], "--hidden-size must be >= 1"),
-        (t, ["--lr", "0"], "--lr must be a finite number > 0"),
-        (t, ["--lr", "nan"], "--lr must be a finite number > 0"),
+        (t, ["--lr", "0"], "--lr must be > 0 (finite)"),
+        (t, ["--lr", "nan"], "--lr must be > 0 (finite)"),
         (t, ["--ema", "1"], "--ema must be in [0, 1)"),
         (t, ["--warmup", "-1"], "--warmup must be >= 0"),
         (t, ["--dropout", "1.5"], "--dropout must be in [0, 1)"),
@@ -141,21 +141,3 @@ def test_bad_input_in_a_real_process(files, name, args, message):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_nothing_is_written_beside_the_data(tmp_path, monkeypatch):
-    """Token files and trained BPEs go to the cache folder ($SEDD_CACHE here), keyed by the
-    content digest: a copy of the corpus elsewhere reuses them."""
-    from sedd.data import load_corpus
-    pytest.importorskip("tokenizers", reason="tokenizers is a `train` extra")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "a.txt").write_text("To be, or not to be, that is the question. " * 400)
-    monkeypatch.setenv("SEDD_CACHE", str(tmp_path / "cache"))
-    c = load_corpus(str(data), "bpe:300", 16)
-    assert os.listdir(data) == ["a.txt"]
-    cached = sorted(os.listdir(tmp_path / "cache"))
-    assert [f.split("-")[0] for f in cached] == ["bpe", "tokens"]
-    assert c.tokenizer.decode(c.tokenizer.encode("To be, or not to be")) == "To be, or not to be"
-    copy = tmp_path / "copy"
-    shutil.copytree(data, copy)
-    load_corpus(str(copy), "bpe:300", 16)
-    assert sorted(os.listdir(tmp_path / "cache")) == cached     # same content, same cache entries

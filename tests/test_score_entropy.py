@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, make_batch
+from conftest import make_batch
 
 GRAPHS = ["absorb", "uniform"]
 SHAPES = [(1, 1, 2), (2, 3, 5), (3, 7, 33), (2, 4, 300), (1, 2, 1030), (2, 2, 2049)]

@@ -95,3 +95,42 @@ def load_checkpoint(path: str, map_location="cpu"):
     except Exception as e:
         raise CheckpointError(f"checkpoint {ckpt!r} is corrupt: {e}") from e
     return out[0], out[1], state, config, ckpt
+
+
+# ---- a training run's whole state: weights, EMA, optimizer, step, random number generators
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(state: dict) -> None:
+    """The CPU generator, and every CUDA device's that was saved (exact resume on GPUs too)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(cuda)[:torch.cuda.device_count()])
+
+
+def save_training(root: str, step: int, model, ema_model, optimizer, config: dict,
+                  keep: int = 3) -> str:
+    """A checkpoint of everything `restore_training` needs to continue bit for bit."""
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    return save_checkpoint(root, step, model, ema_model, state, config, keep)
+
+
+def read_training(out: str, map_location="cpu"):
+    """(weights, EMA weights, state, config, path) of a run folder's latest checkpoint, for
+    `apply_training` once the caller has checked the config against its run."""
+    root = os.path.join(out, "checkpoints")
+    if not os.path.exists(os.path.join(root, "latest")):
+        raise FileNotFoundError(f"--resume: no checkpoint in {root} (expected {root}/latest)")
+    return load_checkpoint(out, map_location=map_location)
+
+
+def apply_training(model, ema_model, optimizer, weights, ema, state) -> int:
+    """Weights, EMA, optimizer and generators of read_training's checkpoint; returns its step."""
+    model.load_state_dict(weights, strict=True)
+    ema_model.load_state_dict(ema, strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"])
+    return int(state["step"])

@@ -62,7 +62,7 @@ def _number(kind, what, ok):
 # argparse types: `type=positive_int("--steps")` rejects 0 with "--steps must be >= 1, got 0"
 positive_int = _number(int, ">= 1", lambda v: v >= 1)
 nonneg_int = _number(int, ">= 0", lambda v: v >= 0)
-positive_float = _number(float, "a finite number > 0", lambda v: 0 < v < float("inf"))
+positive_float = _number(float, "> 0 (finite)", lambda v: 0 < v < float("inf"))
 unit_interval = _number(float, "in [0, 1)", lambda v: 0 <= v < 1)
 
 

@@ -31,8 +31,10 @@ stream is distributed as a fresh sequence, and its exact NLL is the forward algo
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ import torch
 from .data import (DETOKENIZERS, HF_NAMES, _cache_folder, _tokenizer_digest, get_tokenizer,
                    load_corpus, tokenize_to_cache)
 from .language import Language
+from .losses import likelihood_bound
 
 PROTOCOLS = ("sedd", "mdlm")
 
@@ -146,3 +149,77 @@ def evaluation_set(protocol: str, data: str, tokenizer: str, length: int, num: i
         raise ValueError(f"{source}: fewer tokens than one block of {length}")
     blocks = blocks[:num] if num else blocks
     return EvalSet(torch.from_numpy(np.ascontiguousarray(blocks)), None, source)
+
+
+# ---- the likelihood bound over an evaluation set
+class BoundReport(NamedTuple):
+    per_token: float               # Σ bound / Σ tokens, nats
+    stderr: float                  # its standard error (over blocks, timestep noise included)
+    exact_per_token: float | None  # exact NLL of the same blocks (built-in corpus), nats/token
+    prior_per_token: float = 0.0   # the prior term (included in per_token)
+    blocks: int = 0
+    length: int = 0
+    entropy_rate: float | None = None   # the built-in language's, at this length
+
+
+def evaluate(model, graph, noise, sequences, timesteps, batch_size, seed=0, device="cpu", *,
+             low_discrepancy=False):
+    """Per-sequence bounds, priors and standard errors over a [N, L] tensor of token ids."""
+    gen = torch.Generator().manual_seed(seed)
+    out = [likelihood_bound(model, sequences[i:i + batch_size].to(device), graph, noise, timesteps,
+                            gen, batch_low_discrepancy=low_discrepancy)
+           for i in range(0, len(sequences), batch_size)]
+    return tuple(torch.cat(parts) for parts in zip(*out))
+
+
+def bound_report(model, graph, noise, ev: EvalSet, timesteps: int, batch_size: int, seed: int = 0,
+                 device="cpu", low_discrepancy: bool = False) -> BoundReport:
+    """The corpus figure Σ bound / Σ tokens with the standard error of the mean over blocks."""
+    x0 = ev.x0
+    n, L = x0.shape
+    if n < 2:
+        raise ValueError(f"{ev.source}: {n} block; a standard error needs two")
+    bound, prior, _ = evaluate(model, graph, noise, x0, timesteps, batch_size, seed, device,
+                               low_discrepancy=low_discrepancy)
+    per_token = bound.sum().item() / (n * L)
+    # standard error of the mean over blocks (includes the timestep noise) per token
+    stderr = bound.std(unbiased=True).item() / math.sqrt(n) / L
+    exact = float(ev.exact_nll.mean() / L) if ev.exact_nll is not None else None
+    rate = ev.language.entropy_rate(L)[0] if ev.language is not None else None
+    return BoundReport(per_token, stderr, exact, prior.mean().item() / L, n, L, rate)
+
+
+# ---- sample quality
+class GenPPLReport(NamedTuple):
+    perplexity: float              # exp(token-mean NLL) over all samples (inf: an impossible one)
+    nll_per_token: float
+    num_tokens: int
+    entropy: float                 # mean over samples of each sample's unigram entropy, nats
+    entropy_pooled: float          # unigram entropy of all samples' tokens pooled, nats
+    valid_fraction: float | None   # built-in corpus: share of samples with p > 0
+    perplexity_valid: float | None  # built-in corpus: over the samples with p > 0
+
+
+def exact_sample_report(tokens, lang: Language) -> GenPPLReport:
+    """Samples of a built-in-language model scored by the language's exact likelihood."""
+    from .genppl import exact_language_nll, unigram_entropy
+    nll = exact_language_nll(tokens, lang)
+    counts = np.array([len(t) for t in tokens])
+    valid = np.isfinite(nll)
+    per_token = float(nll.sum() / counts.sum())
+    valid_pt = float(nll[valid].sum() / counts[valid].sum()) if valid.any() else math.inf
+    entropy, pooled = unigram_entropy(tokens)
+    return GenPPLReport(math.exp(per_token), per_token, int(counts.sum()), entropy, pooled,
+                        float(valid.mean()), math.exp(valid_pt))
+
+
+def lm_sample_report(texts, tokens, model, lm_tok, **score_kw):
+    """(GenPPLReport, genppl.Scored) of sample texts under a causal LM; `tokens` (the samples'
+    own token ids, or None: the LM's) give the unigram entropy."""
+    from .genppl import score_texts, unigram_entropy
+    scored = score_texts(texts, model, lm_tok, **score_kw)
+    if tokens is None:
+        tokens = [lm_tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    entropy, pooled = unigram_entropy(tokens)
+    return GenPPLReport(scored.perplexity, scored.nll_per_token, int(scored.tokens.sum()), entropy,
+                        pooled, None, None), scored

@@ -1,9 +1,17 @@
 """Graphs of the forward process (SEDD.md §1) over the fused kernels of sedd_kernels.
 
 ``n`` is the number of real tokens; ``V`` the vocabulary the network sees (n + 1 for the absorbing
-graph, whose mask is V − 1)."""
+graph, whose mask is V − 1).
+
+A graph owns its rules: everything the trainer, the sampler, the loaders and the evaluation ask of
+it is an attribute or a method of `Graph`, never a comparison of names. To add a graph: subclass
+`Graph`, set the class attributes, implement what its kernels cannot (see `General`), and add it
+to `GRAPHS` (README: "Adding a graph")."""
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 
@@ -12,10 +20,27 @@ from sedd_kernels import reference
 
 
 class Graph:
-    name: str
-    n: int
-    V: int
+    name: str                    # the kernels' graph name; also what get_graph reads
+    n: int                       # real tokens
+    V: int                       # states the network sees
+    default_noise = "geometric"  # the schedule a run uses unless told (sedd.noise.get_noise)
+    scale_by_sigma = False       # the DDiT's output offset −log(e^σ − 1) − log(V − 1) (SEDD.md §5)
+    fused = True                 # closed forms in the kernels: fused loss, fused projection,
+                                 # reference twins of the steps (else dense general formulas)
+    supports_clean = False       # the time-independent ("clean") parametrisation applies
+    step_kinds = ("euler", "analytic", "denoise")   # the reverse-step kernels it has
 
+    @staticmethod
+    def vocab_size(n: int) -> int:
+        """V for n real tokens."""
+        return int(n)
+
+    @property
+    def spec(self) -> str:
+        """What get_graph takes to build this graph again (saved in checkpoints)."""
+        return self.name
+
+    # ---- forward process and loss
     def perturb(self, x0, sigma, generator=None):
         return sk.perturb(x0, sigma, self.name, self.V, generator)
 
@@ -24,28 +49,46 @@ class Graph:
             return reference.score_entropy(log_score, x_t, x_0, sigma, self.name)
         return sk.score_entropy(log_score, x_t, x_0, sigma, self.name)
 
-    def step(self, predictor, log_score, x, dsigma, generator=None, frozen=None):
-        fn = {"euler": sk.euler_step, "analytic": sk.analytic_step}[predictor]
-        return fn(log_score, x, dsigma, self.name, generator, frozen)
+    # ---- reverse process
+    def step(self, kind, log_score, x, dsigma, generator=None, frozen=None, *,
+             use_reference=False):
+        """One reverse step of kernel `kind` ("euler", "analytic", "denoise")."""
+        if use_reference:
+            return reference.reverse_step(log_score, x, dsigma, self.name, kind, generator, frozen)
+        return sk.reverse_step(log_score, x, dsigma, self.name, kind, generator, frozen)
 
     def denoise(self, log_score, x, sigma, generator=None, frozen=None):
-        return sk.denoise_step(log_score, x, sigma, self.name, generator, frozen)
+        return self.step("denoise", log_score, x, sigma, generator, frozen)
+
+    def sample_limit(self, *shape, device=None, generator=None):
+        """x ~ the base distribution (the t = 1 end of the forward process)."""
+        raise NotImplementedError
+
+    def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:
+        """KL per token of P(σ̄(1))[:, x0] to the base distribution (SEDD.md §4)."""
+        raise NotImplementedError
 
 
 class Absorbing(Graph):
     name = "absorb"
+    default_noise = "loglinear"
+    scale_by_sigma = True
+    supports_clean = True
 
     def __init__(self, n: int):
-        self.n, self.V = int(n), int(n) + 1
+        self.n, self.V = int(n), self.vocab_size(n)
         self.mask = self.V - 1
+
+    @staticmethod
+    def vocab_size(n: int) -> int:
+        return int(n) + 1
 
     def sample_limit(self, *shape, device=None, generator=None):
         return torch.full(shape, self.mask, dtype=torch.long, device=device)
 
     def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:
-        """KL per token of P(σ̄(1))[:, x0] to the base (SEDD.md §4): with e^{−σ̄(1)} = ε against
-        the leaky base (mask w.p. 1 − ε, else uniform): ε·log n; 0 when ε = 0."""
-        import math
+        """With e^{−σ̄(1)} = ε against the leaky base (mask w.p. 1 − ε, else uniform): ε·log n;
+        0 when ε = 0."""
         return eps * math.log(self.n) if eps > 0 else 0.0
 
 
@@ -60,7 +103,6 @@ class Uniform(Graph):
 
     def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:
         """KL(P(σ)[:, x0] ‖ uniform) per token, exact: stay = e^{−σ} + (1 − e^{−σ})/n."""
-        import math
         n = self.n
         move = -math.expm1(-sigma_max) / n
         stay = math.exp(-sigma_max) + move
@@ -73,12 +115,18 @@ class General(Graph):
     steps sampled with the fused race. For small vocabularies (DNA, proteins, toy problems)."""
 
     name = "general"
+    fused = False
 
-    def __init__(self, Q):
+    def __init__(self, Q, path: str | None = None):
         self.g = sk.GeneralGraph(Q)
         self.n = self.V = self.g.V
+        self.path = path
         # the base distribution: the long-time limit of the chain
         self.base = self.g.transition(torch.tensor(1e4, dtype=torch.float64)).mean(1).clamp_min(0)
+
+    @property
+    def spec(self) -> str:
+        return f"general:{self.path}" if self.path else "general"
 
     def perturb(self, x0, sigma, generator=None):
         return self.g.perturb(x0, sigma, generator)
@@ -86,20 +134,19 @@ class General(Graph):
     def score_entropy(self, log_score, x_t, x_0, sigma, *, use_reference=False):
         return self.g.score_entropy(log_score, x_t, x_0, sigma)
 
-    def step(self, predictor, log_score, x, dsigma, generator=None, frozen=None):
-        fn = {"euler": self.g.euler_step, "analytic": self.g.analytic_step}[predictor]
-        return fn(log_score, x, dsigma, generator, frozen)
-
-    def denoise(self, log_score, x, sigma, generator=None, frozen=None):
-        return self.g.denoise_step(log_score, x, sigma, generator, frozen)
+    def step(self, kind, log_score, x, dsigma, generator=None, frozen=None, *,
+             use_reference=False):
+        if use_reference:
+            raise ValueError("use_reference needs a graph with closed forms (absorb, uniform); "
+                             "the general graph's steps are its dense formulas already")
+        return self.g.reverse_step(log_score, x, dsigma, kind, generator, frozen)
 
     def sample_limit(self, *shape, device=None, generator=None):
         w = self.base.to(device).expand(*shape, self.V)
-        return sk.sample_categorical(w, generator if device is None or str(device) == "cpu" else None)
+        return sk.sample_categorical(w, generator)     # on any device: reproducible from it
 
     def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:
         """max over x0 of KL(P(σ_max)[:, x0] ‖ base) (an upper bound of the prior term)."""
-        import math
         if math.isinf(sigma_max):
             return 0.0
         P = self.g.transition(torch.tensor(sigma_max, dtype=torch.float64))
@@ -108,19 +155,32 @@ class General(Graph):
         return float(kl.max())
 
 
+GRAPHS = {"absorb": Absorbing, "uniform": Uniform}
+
+
+def graph_class(spec: str) -> type[Graph]:
+    """The Graph class of a get_graph spec, without building it (its rules are class attributes)."""
+    if spec == "absorbing":
+        spec = "absorb"
+    if spec in GRAPHS:
+        return GRAPHS[spec]
+    if isinstance(spec, str) and spec.startswith("general:"):
+        return General
+    raise ValueError(f"graph must be {', '.join(map(repr, GRAPHS))} or 'general:PATH', got {spec!r}")
+
+
 def get_graph(name: str, n: int = 0) -> Graph:
     """'absorb' / 'uniform' over n tokens, or 'general:PATH' with a [V, V] rate matrix saved by
     torch.save (or as a .npy file)."""
-    if name in ("absorb", "absorbing"):
-        return Absorbing(n)
-    if name == "uniform":
-        return Uniform(n)
-    if name.startswith("general:"):
-        path = name.split(":", 1)[1]
-        if path.endswith(".npy"):
-            import numpy as np
-            Q = torch.from_numpy(np.load(path))
-        else:
-            Q = torch.load(path, map_location="cpu")
-        return General(Q)
-    raise ValueError(f"graph must be 'absorb', 'uniform' or 'general:PATH', got {name!r}")
+    cls = graph_class(name)
+    if cls is not General:
+        return cls(n)
+    path = name.split(":", 1)[1]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--graph {name}: no rate matrix file at {path}")
+    if path.endswith(".npy"):
+        import numpy as np
+        Q = torch.from_numpy(np.load(path))
+    else:
+        Q = torch.load(path, map_location="cpu")
+    return General(Q, path)

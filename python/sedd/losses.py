@@ -21,8 +21,7 @@ def _noised(x0, graph, noise, generator, t, eps_t):
 def can_fuse_linear(model, graph) -> bool:
     """Whether batch_loss can use the fused projection + loss for this model and graph."""
     inner = getattr(model, "module", model)          # DDP / FSDP wrappers
-    return bool(getattr(inner, "supports_fused_loss", False)) and graph.name in ("absorb",
-                                                                                  "uniform")
+    return bool(getattr(inner, "supports_fused_loss", False)) and graph.fused
 
 
 def batch_loss(model, x0, graph, noise, generator=None, *, eps_t: float = 1e-3,

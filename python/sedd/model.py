@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 import sedd_kernels as sk
 
+from .presets import PRESETS as _PRESETS, model_preset
+
 
 @dataclass
 class ModelConfig:
@@ -47,13 +49,8 @@ class ModelConfig:
 PARAMETRISATIONS = ("score", "clean")
 
 
-PRESETS = {
-    # trains on 2 CPU cores in minutes on the built-in language
-    "tiny": dict(hidden_size=128, n_blocks=4, n_heads=4, cond_dim=64, dropout=0.0),
-    # the paper's sizes
-    "small": dict(hidden_size=768, n_blocks=12, n_heads=12, cond_dim=128, dropout=0.1),
-    "medium": dict(hidden_size=1024, n_blocks=24, n_heads=16, cond_dim=128, dropout=0.1),
-}
+# the ModelConfig fields of each preset (sedd.presets holds the presets)
+PRESETS = {name: model_preset(name) for name in _PRESETS}
 
 
 class LayerNorm(nn.Module):

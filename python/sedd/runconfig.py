@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .graphs import GRAPHS, graph_class
 from .model import DDiT, ModelConfig
 
-GRAPHS = ("absorb", "uniform")
 NOISES = ("loglinear", "geometric")
 PAPER_LOGLINEAR_EPS = 1e-3     # noise_lib.LogLinearNoise of the paper's code
 _PAPER_MODEL_KEYS = ("hidden_size", "cond_dim", "n_blocks", "n_heads", "dropout", "scale_by_sigma",
@@ -116,23 +116,24 @@ class RunConfig:
         except TypeError as e:
             raise ConfigError(f"{source}: model: {e}") from None
         graph = cfg.get("graph", "absorb")
-        if graph not in GRAPHS and not str(graph).startswith("general:"):
+        try:
+            gcls = graph_class(graph)
+        except ValueError:
             raise ConfigError(f"{source}: unknown graph type {graph!r}: expected absorb, uniform "
-                              f"or general:PATH")
-        n = int(cfg.get("n", model.vocab_size - 1 if graph == "absorb" else model.vocab_size))
-        if graph == "absorb" and model.vocab_size != n + 1:
-            raise ConfigError(f"{source}: the absorbing graph over n = {n} tokens needs "
-                              f"vocab_size {n + 1}, the model has {model.vocab_size}")
-        if graph == "uniform" and model.vocab_size != n:
-            raise ConfigError(f"{source}: the uniform graph over n = {n} tokens needs vocab_size "
-                              f"{n}, the model has {model.vocab_size}")
-        default_noise = {"name": "loglinear" if graph == "absorb" else "geometric"}
-        noise = dict(cfg.get("noise") or default_noise)
-        noise = noise_spec(noise.pop("name", default_noise["name"]), **noise)
+                              f"or general:PATH") from None
+        if "n" in cfg:
+            n = int(cfg["n"])
+        else:    # V = n (+ 1 for the absorbing mask)
+            n = model.vocab_size - gcls.vocab_size(0)
+        if gcls in GRAPHS.values() and model.vocab_size != gcls.vocab_size(n):
+            raise ConfigError(f"{source}: the {graph} graph over n = {n} tokens needs vocab_size "
+                              f"{gcls.vocab_size(n)}, the model has {model.vocab_size}")
+        noise = dict(cfg.get("noise") or {"name": gcls.default_noise})
+        noise = noise_spec(noise.pop("name", gcls.default_noise), **noise)
         train = dict(cfg.get("train") or {})
         data = train.get("data", cfg.get("data", "builtin"))
-        tokenizer = "builtin" if data == "builtin" else train.get("tokenizer", "gpt2")
-        if model.time_independent and graph != "absorb":
+        tokenizer = "builtin" if data == "builtin" else (train.get("tokenizer") or "gpt2")
+        if model.time_independent and not gcls.supports_clean:
             raise ConfigError(f"{source}: a time-independent ('clean') model needs the absorbing "
                               f"graph, the config says {graph!r}")
         return cls(model=model, graph=graph, n=n, noise=noise, tokenizer=tokenizer, data=data,
@@ -149,6 +150,7 @@ class RunConfig:
         if gtype not in GRAPHS:
             raise ConfigError(f"{source}: unknown graph type {gtype!r}: expected one of "
                               f"{', '.join(GRAPHS)}")
+        gcls = GRAPHS[gtype]
         nsec = dict(_section(cfg, "noise", source))
         ntype = nsec.pop("type", None)
         notes = []
@@ -175,13 +177,12 @@ class RunConfig:
             raise ConfigError(f"{source}: model is missing {', '.join(missing)}")
         if m.get("type", "ddit") != "ddit":
             raise ConfigError(f"{source}: model.type {m['type']!r} is not the DDiT ('ddit')")
-        absorb = gtype == "absorb"
         scale = _bool(m["scale_by_sigma"], f"{source}: model.scale_by_sigma")
-        if scale and not absorb:
+        if scale and not gcls.scale_by_sigma:
             raise ConfigError(f"{source}: model.scale_by_sigma needs the absorbing graph (the "
                               f"paper's code asserts it), the graph is {gtype!r}")
         try:
-            model = ModelConfig(vocab_size=tokens + (1 if absorb else 0),
+            model = ModelConfig(vocab_size=gcls.vocab_size(tokens),
                                 hidden_size=_num(m["hidden_size"], "model.hidden_size", int),
                                 n_blocks=_num(m["n_blocks"], "model.n_blocks", int),
                                 n_heads=_num(m["n_heads"], "model.n_heads", int),
@@ -259,7 +260,7 @@ class RunConfig:
             raise ConfigError(f"the paper's code has no graph {self.graph!r} (absorb or uniform)")
         if m.time_independent:
             raise ConfigError("the paper's code has no time-independent ('clean') model")
-        if m.scale_by_sigma != (self.graph == "absorb"):
+        if m.scale_by_sigma != GRAPHS[self.graph].scale_by_sigma:
             raise ConfigError(f"scale_by_sigma = {m.scale_by_sigma} with the {self.graph} graph "
                               f"cannot be written for the paper's code")
         noise = {"type": self.noise["name"]}

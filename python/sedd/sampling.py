@@ -1,5 +1,6 @@
-"""Reverse sampling (SEDD.md §6) on the fused step kernels: Euler or analytic predictor over the
-time grid t_k = 1 − kΔt, then the denoiser; given positions stay fixed through every step.
+"""The sampler: reverse sampling (SEDD.md §6) on the fused step kernels, with a predictor of the
+registry (sedd.predictors: Euler, analytic) over the time grid t_k = 1 − kΔt, then the denoiser;
+given positions stay fixed through every step.
 
 The exact cache (absorbing graph, time-independent "clean" model, see DDiT.clean_log_probs): such
 a network's output depends on x alone, and the log-scores at noise σ are that output plus the
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sedd_kernels import reference
+from .predictors import get_predictor
 
 try:
     from tqdm.auto import tqdm
@@ -43,12 +44,6 @@ class SampleStats:
         return self.evaluations - self.network_calls
 
 
-def _reference_step(kind, graph, log_score, x, dsigma, generator, frozen):
-    fn = {"euler": reference.euler_step, "analytic": reference.analytic_step,
-          "denoise": reference.denoise_step}[kind]
-    return fn(log_score, x, dsigma, graph.name, generator, frozen)
-
-
 @torch.no_grad()
 def sample(model, graph, noise, num_samples: int, length: int, steps: int,
            predictor: str = "analytic", denoise: bool = True, condition=None,
@@ -66,15 +61,14 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
     ignored for σ-conditioned models. use_reference: take the steps from the plain-PyTorch
     sedd_kernels.reference ops (dense over [B, L, V]) instead of the fused kernels (absorbing and
     uniform graphs; for comparisons and benchmarks)."""
-    if predictor not in ("analytic", "euler"):
-        raise ValueError(f"predictor must be 'analytic' or 'euler', got {predictor!r}")
+    pred = get_predictor(predictor)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     time_independent = bool(getattr(model, "time_independent", False))
-    if time_independent and graph.name != "absorb":
+    if time_independent and not graph.supports_clean:
         raise ValueError(f"a time-independent ('clean') model needs the absorbing graph, got "
                          f"{graph.name!r}")
-    if use_reference and graph.name not in ("absorb", "uniform"):
+    if use_reference and not graph.fused:
         raise ValueError(f"use_reference needs the absorbing or uniform graph, got {graph.name!r}")
     use_cache = cache and time_independent
     device = device or next(model.parameters()).device
@@ -100,13 +94,8 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
             held = (x, model.clean_log_probs(x))
         return model.log_score_from_clean(held[1], x, sigma)
 
-    def step(kind, log_score, x, dsigma):
-        dsigma = torch.full((num_samples,), float(dsigma), device=device)
-        if use_reference:
-            return _reference_step(kind, graph, log_score, x, dsigma, generator, frozen)
-        if kind == "denoise":
-            return graph.denoise(log_score, x, dsigma, generator, frozen)
-        return graph.step(kind, log_score, x, dsigma, generator, frozen)
+    def per_sequence(v):
+        return torch.full((num_samples,), float(v), device=device)
 
     dt = (1 - eps) / steps
     grid = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
@@ -118,16 +107,13 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
     try:
         for k in it:
             t = grid[k]
-            sigma = noise.total(t)
-            log_score = log_score_at(x, sigma)
-            if predictor == "euler":
-                dsigma = float(noise.rate(t)) * dt
-            else:
-                dsigma = float(sigma - noise.total(grid[k + 1]))
-            x = step(predictor, log_score, x, dsigma)
+            log_score = log_score_at(x, noise.total(t))
+            dsigma = per_sequence(pred.dsigma(noise, t, grid[k + 1], dt))
+            x = pred.step(graph, log_score, x, dsigma, generator, frozen, use_reference)
         if denoise:
             sigma = float(noise.total(grid[-1]))
-            x = step("denoise", log_score_at(x, sigma), x, sigma)
+            x = graph.step("denoise", log_score_at(x, sigma), x, per_sequence(sigma), generator,
+                           frozen, use_reference=use_reference)
     finally:
         model.train(model_was_training)
     if frozen is not None:

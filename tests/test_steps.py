@@ -9,7 +9,6 @@ import torch
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES
 
 GRAPHS = ["absorb", "uniform"]
 KINDS = ["euler", "analytic", "denoise"]
@@ -322,3 +321,19 @@ def test_perturb_bad_input(device):
         sk.perturb(x0, -1.0, "absorb", 6)
     with pytest.raises(ValueError, match="graph must be"):
         sk.perturb(x0, 1.0, "masked", 6)
+
+
+def test_wrapper_errors_name_the_op_called():
+    """The shared normalisers (sedd_kernels._args) take the op's name for their messages."""
+    x0 = torch.randint(0, 4, (2, 3))
+    with pytest.raises(ValueError, match="^perturb: graph must be 'absorb' or 'uniform'"):
+        sk.perturb(x0, 1.0, "masked", 6)
+    ls = torch.randn(2, 3, 6)
+    with pytest.raises(ValueError, match="^analytic_step: graph must be"):
+        sk.analytic_step(ls, x0, 0.1, "masked")
+    with pytest.raises(ValueError, match="^reverse_step: kind must be one of euler, analytic, denoise"):
+        sk.reverse_step(ls, x0, 0.1, "absorb", "leap")
+    with pytest.raises(ValueError, match="^staggered_score: graph must be"):
+        sk.staggered_score(ls.exp(), 0.1, "masked")
+    with pytest.raises(ValueError, match="^linear_score_entropy: graph must be"):
+        sk.linear_score_entropy(torch.randn(2, 3, 4), torch.randn(6, 4), None, x0, x0, 1.0, "masked")

@@ -1,0 +1,110 @@
+"""The sampler (sedd.sampling) and sample.py: given positions stay fixed and the mask never comes
+out, prefix/suffix/infill conditions, the door's errors, the predictor registry."""
+
+import json
+
+import pytest
+import torch
+
+from sedd.graphs import Absorbing, Uniform
+from sedd.inference import condition_from, load_for_inference
+from sedd.language import builtin_language
+from sedd.model import DDiT, ModelConfig
+from sedd.noise import Geometric, LogLinear
+
+from conftest import script  # run_dir: a conftest fixture
+
+TINY = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.0)
+
+
+def test_sample_cli_with_prefix_and_suffix(run_dir, tmp_path):
+    out = tmp_path / "s.jsonl"
+    r = script("sample.py", "--checkpoint", str(run_dir), "--steps", "8", "--num-samples", "3",
+               "--prefix", "the", "--suffix", ".", "--out", str(out), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    model, graph, noise, tok, cfg = load_for_inference(str(run_dir))
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["tokens"]) == 24
+        assert row["tokens"][0] == tok.encode("the")[0] and row["tokens"][-1] == tok.encode(".")[0]
+        assert max(row["tokens"]) < graph.n                     # never the mask
+
+
+def test_infill_template(run_dir):
+    *_, tok, _ = load_for_inference(str(run_dir))
+    tokens, given, L = condition_from(tok, 0, infill="the [____:3] shonger [__] .")
+    assert L == 1 + 3 + 1 + 2 + 1
+    assert given[0].tolist() == [True, False, False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="longer than --length"):
+        condition_from(tok, 5, infill="the [____:9] .")
+    with pytest.raises(ValueError, match="prefix .* longer than"):
+        condition_from(tok, 2, prefix="the shonger", suffix=".")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "/nonexistent/run"], "does not exist"),
+    (["--predictor", "leap"], "invalid choice"),
+    (["--infill", "the [____:99] ."], "longer than --length"),
+    (["--prefix", "the the the the the the the the the the the the", "--suffix",
+      "the the the the the the the the the the the the the", "--length", "24"], "longer than"),
+])
+def test_sample_cli_errors(run_dir, args, message):
+    if args[0] != "--checkpoint":
+        args = ["--checkpoint", str(run_dir), "--length", "24"] + args if "--length" not in args \
+            else ["--checkpoint", str(run_dir)] + args
+    r = script("sample.py", *args, "--device", "cpu")
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def test_sampler_keeps_given_positions_and_never_outputs_the_mask(graph, predictor):
+    from sedd.sampling import sample
+    lang = builtin_language()
+    g = Absorbing(lang.n) if graph == "absorb" else Uniform(lang.n)
+    noise = LogLinear() if graph == "absorb" else Geometric()
+    torch.manual_seed(0)
+    model = DDiT(ModelConfig(vocab_size=g.V, scale_by_sigma=graph == "absorb", **TINY))
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    tokens = torch.from_numpy(lang.sample(1, 20, seed=1))
+    given = torch.zeros(1, 20, dtype=torch.bool)
+    given[0, :5] = True
+    given[0, 12:14] = True
+    a = sample(model, g, noise, 6, 20, 16, predictor, condition=(tokens, given),
+               generator=torch.Generator().manual_seed(3))
+    b = sample(model, g, noise, 6, 20, 16, predictor, condition=(tokens, given),
+               generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert (a[:, given[0]] == tokens[0, given[0]]).all()
+    assert ((a >= 0) & (a < lang.n)).all()          # in particular never the mask id
+
+
+def test_a_predictor_is_one_registry_entry():
+    """A predictor added with one register() call drives sample() and the door's choices; here a
+    'half-analytic' predictor (δσ half the interval's) whose step is the analytic kernel."""
+    from sedd.predictors import PREDICTORS, get_predictor, register
+    from sedd.sampling import sample
+    g, noise = Absorbing(9), LogLinear()
+    model = DDiT(ModelConfig(vocab_size=g.V, **TINY)).eval()
+    try:
+        register("half-analytic", lambda noise, t, t_next, dt:
+                 0.5 * float(noise.total(t) - noise.total(t_next)),
+                 step=lambda graph, ls, x, d, gen, frozen, ref=False:
+                 graph.step("analytic", ls, x, d, gen, frozen, use_reference=ref))
+        x = sample(model, g, noise, 3, 8, 4, "half-analytic",
+                   generator=torch.Generator().manual_seed(0))
+        assert x.shape == (3, 8) and int(x.max()) < g.n
+        from importlib import util
+        import os
+        from conftest import ROOT
+        spec = util.spec_from_file_location("door_sample", os.path.join(ROOT, "python", "sample.py"))
+        mod = util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert "half-analytic" in mod.parser()._option_string_actions["--predictor"].choices
+    finally:
+        PREDICTORS.pop("half-analytic", None)
+    with pytest.raises(ValueError, match="predictor must be one of 'analytic', 'euler'"):
+        get_predictor("half-analytic")
+    with pytest.raises(ValueError, match="already registered"):
+        register("euler", lambda *a: 0.0)
