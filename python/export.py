@@ -11,7 +11,6 @@ log-linear schedule with ε = 1e-3 or the geometric one.
 
 import argparse
 import os
-import sys
 
 from sedd.cli import Parser, run_door
 from sedd.hub import load_pretrained, save_pretrained
