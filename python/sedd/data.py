@@ -259,8 +259,6 @@ def text_files(path):
     raise FileNotFoundError(f"--data {path}: no such file or folder")
 
 
-_text_files = text_files
-
 
 def tokenize_to_cache(documents, tokenizer, cache_path: str) -> np.memmap:
     """Tokenize documents once, joined with EOS, into a uint32 token file (memory-mapped)."""
