@@ -8,7 +8,8 @@ gradients of hidden, weight and bias — three ways, same run:
                     upcast to fp32 as the model does, + reference.score_entropy);
 * compiled:         torch.compile(dynamic=False) of reference.linear_score_entropy(dense=True).
 
-H = 768, V = 50258, N = B·L ∈ {4096, 16384} on GPU ({512, 4096} on CPU, fp32 only), absorbing
+H = 768, V = 50258, N = B·L (levels, harness.py: quick 512 fp32, full {512, 4096} fp32, gpu
+{4096, 16384} fp32 + bf16), absorbing
 graph with half the positions masked (the average over t of the log-linear schedule) and the
 uniform graph. Peak memory is measured once per case, outside the timed rounds: on CUDA
 max_memory_allocated above what was allocated before; on CPU the growth of the peak resident set
@@ -25,20 +26,20 @@ import torch.nn.functional as F
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, LINEAR_RESULTS, machine, peak_bytes, sync
+from harness import DEVICES, compiled, peak_bytes, pick, record_memory, sync, time_it
 
 H, V = 768, 50258
-
-SIZES = {"cpu": [(1, 512), (4, 1024)], "cuda": [(4, 1024), (16, 1024)]}
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
 IMPLS = ["fused", "fused-recompute", "proj+fused", "proj+reference", "compiled"]
-_COMPILED = {}
 
 
 def cases():
     for device in DEVICES:
-        for dtype in DTYPES[device]:
-            for B, L in SIZES[device]:
+        sizes = pick(device, quick=[(1, 512)], full=[(1, 512), (4, 1024)],
+                     gpu=[(4, 1024), (16, 1024)])
+        dtypes = pick(device, quick=[torch.float32], full=[torch.float32],
+                      gpu=[torch.float32, torch.bfloat16])
+        for dtype in dtypes:
+            for B, L in sizes:
                 for graph in ("absorb", "uniform"):
                     for impl in IMPLS:
                         yield pytest.param(device, dtype, B, L, graph, impl,
@@ -81,11 +82,8 @@ def step_fn(impl, graph, hidden, weight, bias, xt, x0, sigma, offset, tw):
             return (se * tw[:, None]).sum()
     else:
         if impl == "compiled":
-            if graph not in _COMPILED:
-                _COMPILED[graph] = torch.compile(
-                    lambda h, w, b, xt, x0, s, off: R.linear_score_entropy(
-                        h, w, b, xt, x0, s, graph, off, dense=True), dynamic=False)
-            ref = _COMPILED[graph]
+            ref = compiled(("linear", graph), lambda h, w, b, xt, x0, s, off: R.linear_score_entropy(
+                h, w, b, xt, x0, s, graph, off, dense=True))
         else:
             def ref(h, w, b, xt, x0, s, off):
                 return R.linear_score_entropy(h, w, b, xt, x0, s, graph, off)
@@ -109,11 +107,6 @@ def test_linear_score_entropy(benchmark, device, dtype, B, L, graph, impl):
     del grads
     peak = peak_bytes(run, device)
     fast = device == "cuda"
-    benchmark.pedantic(run, rounds=10 if fast else 2, iterations=1, warmup_rounds=1 if fast else 0)
-    median = benchmark.stats.stats.median
-    N = B * L
-    benchmark.extra_info.update(machine=machine(device), peak_bytes=peak, grad_bytes=grad_bytes,
-                                tokens=N, tokens_per_s=round(N / median))
-    LINEAR_RESULTS.append(dict(machine=machine(device), dtype=str(dtype)[6:], N=N, graph=graph,
-                               impl=impl, median_s=median, peak_bytes=peak,
-                               grad_bytes=grad_bytes))
+    time_it(benchmark, run, device, rounds=10 if fast else 2, warmup=1 if fast else 0)
+    record_memory(benchmark, suite="linear", device=device, dtype=dtype, case=f"N={B * L} {graph}",
+                  impl=impl, peak=peak, grad_bytes=grad_bytes, tokens=B * L)

@@ -1,5 +1,5 @@
-"""Score entropy at GPT-2 vocabulary, [B, 1024, 50258] (B = 2 on CPU, 8 on GPU; override with
-SEDD_BENCH_B): the fused op vs the reference eager op (reference.score_entropy, boolean
+"""Score entropy at GPT-2 vocabulary, [B, L, 50258] (levels, harness.py: quick [1, 256] fp32,
+full [2, 1024] fp32 + bf16, gpu [8, 1024] fp32 + bf16; SEDD_BENCH_B overrides B): the fused op vs the reference eager op (reference.score_entropy, boolean
 indexing as in the paper's code) vs torch.compile(dynamic=False) of the compile-friendly
 reference (reference.score_entropy_dense), forward and forward+backward, fp32 and bf16.
 
@@ -13,17 +13,15 @@ import torch
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, batch_size, record, sync
+from harness import DEVICES, compiled, record_kernel, rounds, row_dtypes, row_shape, sync, time_it
 
-V, L = 50258, 1024
+V = 50258
 GRAPHS = ["absorb", "uniform"]
-DTYPES = [torch.float32, torch.bfloat16]
 IMPLS = ["fused", "reference", "compiled"]
-_COMPILED = {}
 
 
 def make_inputs(device, dtype, graph):
-    B = batch_size(device)
+    B, L = row_shape(device)
     g = torch.Generator(device=device).manual_seed(0)
     ls = torch.randn(B, L, V, device=device, dtype=dtype, generator=g)
     x0 = torch.randint(0, V - 1, (B, L), device=device, generator=g)
@@ -39,17 +37,21 @@ def implementation(impl, graph):
         return lambda ls, xt, x0, s: sk.score_entropy(ls, xt, x0, s, graph, validate=False)
     if impl == "reference":
         return lambda ls, xt, x0, s: R.score_entropy(ls, xt, x0, s, graph)
-    if graph not in _COMPILED:
-        _COMPILED[graph] = torch.compile(
-            lambda ls, xt, x0, s: R.score_entropy_dense(ls, xt, x0, s, graph), dynamic=False)
-    return _COMPILED[graph]
+    return compiled(("score_entropy", graph),
+                    lambda ls, xt, x0, s: R.score_entropy_dense(ls, xt, x0, s, graph))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("graph", GRAPHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("device", DEVICES)
+def cases():
+    for device in DEVICES:
+        for dtype in row_dtypes(device):
+            for graph in GRAPHS:
+                for pass_ in ("fwd", "fwd+bwd"):
+                    for impl in IMPLS:
+                        yield pytest.param(device, dtype, graph, pass_, impl,
+                                           id=f"{device}-{str(dtype)[6:]}-{graph}-{pass_}-{impl}")
+
+
+@pytest.mark.parametrize("device,dtype,graph,pass_,impl", list(cases()))
 def test_score_entropy(benchmark, device, dtype, graph, pass_, impl):
     ls, xt, x0, sigma = make_inputs(device, dtype, graph)
     f = implementation(impl, graph)
@@ -65,12 +67,11 @@ def test_score_entropy(benchmark, device, dtype, graph, pass_, impl):
             loss = f(ls, xt, x0, sigma).sum()
             torch.autograd.grad(loss, ls)
             sync(device)
-    run()  # warm-up (and compilation)
-    fast = device == "cuda" or impl == "fused"
-    benchmark.pedantic(run, rounds=10 if fast else 3, iterations=1, warmup_rounds=1)
+    time_it(benchmark, run, device, rounds=rounds(device, impl, quick=2, full=3), warmup=1)
     size = ls.numel() * ls.element_size()
-    record(benchmark, op="score_entropy", device=device, dtype=dtype, case=f"{graph} B={ls.shape[0]}",
-           impl=impl, pass_=pass_, bytes_moved=size * (1 if pass_ == "fwd" else 3), size_bytes=size)
+    record_kernel(benchmark, suite="score_entropy", op="score_entropy", device=device, dtype=dtype,
+                  case=f"{graph} [{ls.shape[0]}, {ls.shape[1]}, {V}]", impl=impl, pass_=pass_,
+                  bytes_moved=size * (1 if pass_ == "fwd" else 3), size_bytes=size)
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="peak-memory accounting is for CUDA devices")

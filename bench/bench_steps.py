@@ -1,11 +1,12 @@
-"""Reverse steps at GPT-2 vocabulary, [B, 1024, 50258] log-scores (B = 2 on CPU, 8 on GPU;
-SEDD_BENCH_B overrides): the fused Euler and analytic steps vs the reference eager step (the
-SEDD.md recipe as the paper's code runs it: exp, staggered score, dense transition row, race on
-dense weights) vs torch.compile(dynamic=False) of that reference, fp32 and bf16, same run.
+"""Reverse steps at GPT-2 vocabulary, [B, L, 50258] log-scores: the fused Euler and analytic steps
+vs the reference eager step (the SEDD.md recipe as the paper's code runs it: exp, staggered
+score, dense transition row, race on dense weights) vs torch.compile(dynamic=False) of that
+reference, same run.
 
-Cases: absorbing with every position masked, absorbing with half masked (unmasked rows read
-nothing), uniform. GB/s counts one read of the log-scores of the rows that can move (the floor),
-as a fraction of a same-size copy timed in the same run."""
+Levels (harness.py): quick [1, 256, V] fp32; full [2, 1024, V] fp32 + bf16; gpu [8, 1024, V]
+fp32 + bf16 (SEDD_BENCH_B overrides B). Cases: absorbing with every position masked, absorbing
+with half masked (unmasked rows read nothing), uniform. GB/s counts one read of the log-scores
+of the rows that can move (the floor), as a fraction of a same-size copy timed in the same run."""
 
 import pytest
 import torch
@@ -13,15 +14,14 @@ import torch
 import sedd_kernels as sk
 from sedd_kernels import reference as R
 
-from conftest import DEVICES, batch_size, record, sync
+from harness import DEVICES, compiled, record_kernel, rounds, row_dtypes, row_shape, sync, time_it
 
-V, L = 50258, 1024
+V = 50258
 CASES = ["absorb-all", "absorb-half", "uniform"]
-_COMPILED = {}
 
 
 def make_inputs(device, dtype, case):
-    B = batch_size(device)
+    B, L = row_shape(device)
     g = torch.Generator(device=device).manual_seed(0)
     ls = torch.randn(B, L, V, device=device, dtype=dtype, generator=g)
     if case == "uniform":
@@ -38,36 +38,34 @@ def make_inputs(device, dtype, case):
 
 def implementation(impl, kind, graph):
     if impl == "fused":
-        f = sk.euler_step if kind == "euler" else sk.analytic_step
-        return lambda ls, x, d: f(ls, x, d, graph, validate=False)
-    ref = R.euler_step if kind == "euler" else R.analytic_step
-    if impl == "reference":
-        return lambda ls, x, d: ref(ls, x, d, graph)
-    key = (kind, graph)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(lambda ls, x, d: ref(ls, x, d, graph), dynamic=False)
-    return _COMPILED[key]
+        return lambda ls, x, d: sk.reverse_step(ls, x, d, graph, kind, validate=False)
+    def ref(ls, x, d):
+        return R.reverse_step(ls, x, d, graph, kind)
+    return ref if impl == "reference" else compiled(("step", kind, graph), ref)
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference", "compiled"])
-@pytest.mark.parametrize("kind", ["euler", "analytic"])
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("device", DEVICES)
+def cases():
+    for device in DEVICES:
+        for dtype in row_dtypes(device):
+            for case in CASES:
+                for kind in ("euler", "analytic"):
+                    for impl in ("fused", "reference", "compiled"):
+                        yield pytest.param(device, dtype, case, kind, impl,
+                                           id=f"{device}-{str(dtype)[6:]}-{case}-{kind}-{impl}")
+
+
+@pytest.mark.parametrize("device,dtype,case,kind,impl", list(cases()))
 def test_step(benchmark, device, dtype, case, kind, impl):
     ls, x, d, moving = make_inputs(device, dtype, case)
-    graph = "uniform" if case == "uniform" else "absorb"
-    f = implementation(impl, kind, graph)
+    f = implementation(impl, kind, "uniform" if case == "uniform" else "absorb")
 
     def run():
         with torch.no_grad():
             f(ls, x, d)
         sync(device)
 
-    run()
-    fast = device == "cuda" or impl == "fused"
-    benchmark.pedantic(run, rounds=10 if fast else 2, iterations=1, warmup_rounds=0)
-    row_bytes = V * ls.element_size()
-    record(benchmark, op=f"{kind}_step", device=device, dtype=dtype,
-           case=f"{case} B={ls.shape[0]}", impl=impl, pass_="step",
-           bytes_moved=moving * row_bytes, size_bytes=ls.numel() * ls.element_size())
+    time_it(benchmark, run, device, rounds=rounds(device, impl))
+    record_kernel(benchmark, suite="steps", op=f"{kind}_step", device=device, dtype=dtype,
+                  case=f"{case} [{ls.shape[0]}, {ls.shape[1]}, {V}]", impl=impl, pass_="step",
+                  bytes_moved=moving * V * ls.element_size(),
+                  size_bytes=ls.numel() * ls.element_size())

@@ -3,23 +3,19 @@ fused-linear (the trainer's default: output projection fused into the loss,
 sedd_kernels.linear_score_entropy), fused (log-scores materialised, then the fused score-entropy
 op) and reference (log-scores + the plain-PyTorch loss). The tiny preset on the built-in
 language's vocabulary, and the small preset (GPT-2 vocabulary, V = 50258) at a reduced batch on
-CPU. Peak memory: one step (forward, backward, optimizer) above the memory in use before it."""
-
-import os
-import sys
-import time
+CPU. Peak memory: one step (forward, backward, optimizer) above the memory in use before it.
+Levels (harness.py): quick and full run both presets on the CPU shapes below (full: more
+rounds); gpu runs the GPU shapes under bf16 autocast."""
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from sedd.graphs import Absorbing
+from sedd.losses import batch_loss
+from sedd.model import PRESETS, DDiT, ModelConfig
+from sedd.noise import LogLinear
 
-from sedd.graphs import Absorbing  # noqa: E402
-from sedd.losses import batch_loss  # noqa: E402
-from sedd.model import PRESETS, DDiT, ModelConfig  # noqa: E402
-from sedd.noise import LogLinear  # noqa: E402
-
-from conftest import DEVICES, peak_bytes, sync  # noqa: E402
+from harness import DEVICES, peak_bytes, pick, record_throughput, sync
 
 SHAPES = {  # preset: (n real tokens, batch, length) per device
     "tiny": {"cpu": (381, 32, 64), "cuda": (381, 64, 256)},
@@ -51,10 +47,8 @@ def test_train_step(benchmark, device, preset, loss):
 
     step()
     peak = peak_bytes(step, device)
-    rounds = 5 if (device == "cuda" or preset == "tiny") else 2
+    rounds = 5 if preset == "tiny" else pick(device, quick=2, full=3, gpu=5)
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
-    tps = B * L / benchmark.stats.stats.median
-    benchmark.extra_info.update(tokens_per_s=round(tps), batch=B, length=L, vocab=graph.V,
-                                peak_bytes=peak)
-    mem = f", peak {peak / 2 ** 20:,.0f} MiB" if peak is not None else ""
-    print(f"\n{preset} {device} {loss}: {tps:,.0f} tokens/s (B={B}, L={L}, V={graph.V}){mem}")
+    record_throughput(benchmark, suite="train", device=device,
+                      case=f"{preset} {B} × {L}, V {graph.V}", impl=loss, tokens=B * L,
+                      seconds=benchmark.stats.stats.median, baseline="reference", peak=peak)

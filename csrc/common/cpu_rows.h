@@ -10,6 +10,14 @@
 namespace sedd {
 namespace cpu {
 
+// The one parallel grain rule of the CPU kernels: at::parallel_for hands out at least ~32k
+// entries of work per task (rows of work_per_row entries each), so that short rows are batched
+// and long rows go one per task. Results never depend on it (random numbers are keyed by row
+// and column, not by task).
+inline int64_t row_grain(int64_t work_per_row) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1));
+}
+
 // Σ e^{p_y + off} and (if kWithL) Σ p_y over y ∈ [lo, hi) (the caller adds (hi − lo)·off to the
 // second sum): SIMD lanes accumulate fp32 over blocks of 1024 entries, the block sums are added in
 // fp64 (fp64 inputs: plain fp64 loop). `off` is a per-row shift of the log-scores (0 for plain

@@ -51,6 +51,25 @@ inline StepArgs check_step_args(const char* op, const at::Tensor& log_score, con
   return a;
 }
 
+// The checked arguments of reverse_step and the inputs its kernels read, shared by the CPU file
+// and the CUDA entry: contiguous x and frozen (undefined when absent), fp64 dsigma (on the
+// tensors' device and stream; no host sync).
+struct StepInputs {
+  StepArgs a;
+  at::Tensor x, dsigma, frozen;
+};
+
+inline StepInputs prepare_step(const char* op, const at::Tensor& log_score, const at::Tensor& x,
+                               const at::Tensor& dsigma, c10::string_view graph,
+                               c10::string_view kind, const c10::optional<at::Tensor>& frozen) {
+  StepInputs in;
+  in.a = check_step_args(op, log_score, x, dsigma, graph, kind, frozen);
+  in.x = x.contiguous();
+  in.dsigma = dsigma.to(at::kDouble).contiguous();
+  if (in.a.has_frozen) in.frozen = frozen->contiguous();
+  return in;
+}
+
 // perturb: x_0 int64 [B, L], sigma floating [B] on its device, num_tokens large enough.
 inline Graph check_perturb_args(const char* op, const at::Tensor& x_0, const at::Tensor& sigma,
                                 c10::string_view graph, int64_t num_tokens) {
@@ -65,6 +84,21 @@ inline Graph check_perturb_args(const char* op, const at::Tensor& x_0, const at:
   SEDD_CHECK_VALUE(num_tokens >= (g == Graph::kAbsorb ? 2 : 1), op,
                    ": num_tokens must be >= 2 (absorb) or >= 1 (uniform), got ", num_tokens);
   return g;
+}
+
+// perturb's checked graph and the inputs its kernels read: contiguous x_0, fp64 sigma.
+struct PerturbInputs {
+  Graph graph;
+  at::Tensor x0, sigma;
+};
+
+inline PerturbInputs prepare_perturb(const char* op, const at::Tensor& x_0, const at::Tensor& sigma,
+                                     c10::string_view graph, int64_t num_tokens) {
+  PerturbInputs in;
+  in.graph = check_perturb_args(op, x_0, sigma, graph, num_tokens);
+  in.x0 = x_0.contiguous();
+  in.sigma = sigma.to(at::kDouble).contiguous();
+  return in;
 }
 
 // sample_categorical: weights [..., V] floating, viewed as [R, V] rows with unit stride on V

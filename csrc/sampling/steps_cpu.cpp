@@ -143,10 +143,6 @@ RaceOut race_row(const T* row, int64_t V, int64_t skip, bool two_pass, double ga
   return o;
 }
 
-at::Tensor contiguous_bool(const c10::optional<at::Tensor>& t) {
-  return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
-}
-
 }  // namespace
 
 at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
@@ -154,13 +150,11 @@ at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
                             c10::string_view kind, int64_t seed, int64_t offset,
                             const c10::optional<at::Tensor>& frozen) {
   const char* op = "reverse_step";
-  const steps::StepArgs a = steps::check_step_args(op, log_score, x, dsigma, graph, kind, frozen);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor ds = dsigma.to(at::kDouble).contiguous();
-  const at::Tensor fz = contiguous_bool(frozen);
-  const int64_t* xp = xc.data_ptr<int64_t>();
-  const double* dp = ds.data_ptr<double>();
-  const bool* fp = a.has_frozen ? fz.data_ptr<bool>() : nullptr;
+  const steps::StepInputs in = steps::prepare_step(op, log_score, x, dsigma, graph, kind, frozen);
+  const steps::StepArgs& a = in.a;
+  const int64_t* xp = in.x.data_ptr<int64_t>();
+  const double* dp = in.dsigma.data_ptr<double>();
+  const bool* fp = a.has_frozen ? in.frozen.data_ptr<bool>() : nullptr;
   for (int64_t b = 0; b < a.B; ++b) {
     SEDD_CHECK_VALUE(dp[b] >= 0.0, op, ": dsigma must be >= 0, got ", dp[b], " at dsigma[", b, "]");
   }
@@ -175,7 +169,7 @@ at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(), "reverse_step_cpu", [&] {
     const scalar_t* base = log_score.data_ptr<scalar_t>();
     const int64_t sB = log_score.stride(0), sL = log_score.stride(1), V = a.V, L = a.L;
-    at::parallel_for(0, a.B * L, std::max<int64_t>(1, 4096 / V), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, a.B * L, cpu::row_grain(V), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / L, i = r % L, x0 = xp[r];
         Plan p = steps::plan(a.graph, a.kind, x0, dp[b], V, fp != nullptr && fp[r]);
@@ -222,7 +216,7 @@ at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64
   const uint64_t useed = static_cast<uint64_t>(seed), uoff = static_cast<uint64_t>(offset);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "sample_categorical_cpu", [&] {
     const scalar_t* base = w.data_ptr<scalar_t>();
-    at::parallel_for(0, R, std::max<int64_t>(1, 4096 / V), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R, cpu::row_grain(V), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RaceOut o = race_row<false>(base + r * sR, V, -1, false, 0.0, useed, uoff,
                                           static_cast<uint64_t>(r));
@@ -243,12 +237,11 @@ at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64
 at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
                        int64_t num_tokens, int64_t seed, int64_t offset) {
   const char* op = "perturb";
-  const Graph g = steps::check_perturb_args(op, x_0, sigma, graph, num_tokens);
+  const steps::PerturbInputs in = steps::prepare_perturb(op, x_0, sigma, graph, num_tokens);
+  const Graph g = in.graph;
   const int64_t B = x_0.size(0), L = x_0.size(1), V = num_tokens;
-  const at::Tensor xc = x_0.contiguous();
-  const at::Tensor sc = sigma.to(at::kDouble).contiguous();
-  const int64_t* xp = xc.data_ptr<int64_t>();
-  const double* sp = sc.data_ptr<double>();
+  const int64_t* xp = in.x0.data_ptr<int64_t>();
+  const double* sp = in.sigma.data_ptr<double>();
   for (int64_t b = 0; b < B; ++b) {
     SEDD_CHECK_VALUE(sp[b] >= 0.0, op, ": sigma must be >= 0, got ", sp[b], " at sigma[", b, "]");
   }
@@ -262,7 +255,7 @@ at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::stri
   std::vector<double> p_move(B);
   for (int64_t b = 0; b < B; ++b) p_move[b] = -std::expm1(-sp[b]);
   const philox::Key key = philox::make_key(useed, uoff);
-  at::parallel_for(0, B * L, 4096, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * L, cpu::row_grain(8), [&](int64_t begin, int64_t end) {
     int64_t r = begin;
     for (; r + kVecLen <= end; r += kVecLen) {  // call 0 of kVecLen rows at once
       cpu::vuint c0{}, c1, c2, c3 = cpu::vuint{} + static_cast<uint32_t>(uoff);

@@ -25,23 +25,12 @@ namespace {
 using steps::Best;
 constexpr int kBlock = kRowBlock;
 
-template <int TPR>
-__device__ __forceinline__ double row_sum_d(double v, double* smem) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  if constexpr (TPR == 32) {
-    return v;
-  } else {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) smem[warp] = v;
-    __syncthreads();
-    double s = 0.0;
-#pragma unroll
-    for (int w = 0; w < TPR / 32; ++w) s += smem[w];
-    return s;
-  }
-}
+// Shared memory of the race's row reductions: per-warp best (key, index) and per-warp sums.
+struct RaceSmem {
+  double key[kBlock / 32];
+  long long idx[kBlock / 32];
+  double sum[kBlock / 32];
+};
 
 __device__ __forceinline__ void take(Best& a, double key, long long idx) {
   if (idx >= 0 && (a.idx < 0 || steps::better(key, idx, a))) a = {key, idx};
@@ -113,12 +102,10 @@ step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, in
             const bool* __restrict__ frozen, Graph g, steps::Kind kind, uint64_t seed,
             uint64_t offset, int64_t* __restrict__ out) {
   using A = at::acc_type<T, true>;
-  __shared__ double skey[kBlock / 32];
-  __shared__ long long sidx[kBlock / 32];
-  __shared__ double ssum[kBlock / 32];
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (kBlock / TPR) + threadIdx.x / TPR;
+  __shared__ RaceSmem sm;
+  const int64_t r = row_index<TPR>();
   if (r >= rows) return;
-  const int t = threadIdx.x % TPR;
+  const int t = row_thread<TPR>();
   const int64_t b = r / L, x = xs[r];
   const double delta = ds[b];
   if (x < 0 || x >= V || !(delta >= 0.0)) {
@@ -136,16 +123,16 @@ step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, in
     for (int y = t; y < V; y += TPR) {
       if (y != x) part += exp_acc(static_cast<A>(row[y]));
     }
-    steps::set_total(p, 1.0 + row_sum_d<TPR>(static_cast<double>(part), ssum));
+    steps::set_total(p, 1.0 + row_sum<TPR>(static_cast<double>(part), sm.sum));
   }
   Best best{0.0, -1};
   double sum = 0.0;
   bool bad = false;
   race_part<true, TPR>(row, V, static_cast<int>(p.sp), p.two_pass, p.gamma, seed, offset,
                        static_cast<uint64_t>(r), t, best, sum, bad);
-  best = row_best<TPR>(best, skey, sidx);
-  sum = row_sum_d<TPR>(sum, ssum);
-  const bool any_bad = row_sum_d<TPR>(bad ? 1.0 : 0.0, ssum) > 0.0;
+  best = row_best<TPR>(best, sm.key, sm.idx);
+  sum = row_sum<TPR>(sum, sm.sum);
+  const bool any_bad = row_sum<TPR>(bad ? 1.0 : 0.0, sm.sum) > 0.0;
   if (t != 0) return;
   if (any_bad || isnan(p.gamma)) {
     out[r] = -1;
@@ -164,19 +151,17 @@ template <typename T, int TPR>
 __global__ void __launch_bounds__(kBlock)
 categorical_kernel(const T* __restrict__ w, int64_t sR, int64_t rows, int V, uint64_t seed,
                    uint64_t offset, int64_t* __restrict__ out) {
-  __shared__ double skey[kBlock / 32];
-  __shared__ long long sidx[kBlock / 32];
-  __shared__ double ssum[kBlock / 32];
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (kBlock / TPR) + threadIdx.x / TPR;
+  __shared__ RaceSmem sm;
+  const int64_t r = row_index<TPR>();
   if (r >= rows) return;
-  const int t = threadIdx.x % TPR;
+  const int t = row_thread<TPR>();
   Best best{0.0, -1};
   double sum = 0.0;
   bool bad = false;
   race_part<false, TPR>(w + r * sR, V, -1, false, 0.0, seed, offset, static_cast<uint64_t>(r), t,
                         best, sum, bad);
-  best = row_best<TPR>(best, skey, sidx);
-  const bool any_bad = row_sum_d<TPR>(bad ? 1.0 : 0.0, ssum) > 0.0;
+  best = row_best<TPR>(best, sm.key, sm.idx);
+  const bool any_bad = row_sum<TPR>(bad ? 1.0 : 0.0, sm.sum) > 0.0;
   if (t == 0) out[r] = any_bad ? -1 : best.idx;
 }
 
@@ -196,7 +181,7 @@ __global__ void perturb_kernel(const int64_t* __restrict__ x0, const double* __r
 
 void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
                               const at::Tensor& ds, const at::Tensor& frozen, Graph g,
-                              int kind, int64_t seed, int64_t offset, at::Tensor& out) {
+                              steps::Kind kind, int64_t seed, int64_t offset, at::Tensor& out) {
   const int64_t L = log_score.size(1), V = log_score.size(2);
   const int64_t rows = log_score.size(0) * L;
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -206,7 +191,7 @@ void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
       step_kernel<scalar_t, decltype(tpr)::value><<<blocks, kBlock, 0, stream>>>(
           log_score.data_ptr<scalar_t>(), log_score.stride(0), log_score.stride(1), rows, L,
           static_cast<int>(V), x.data_ptr<int64_t>(), ds.data_ptr<double>(),
-          frozen.defined() ? frozen.data_ptr<bool>() : nullptr, g, static_cast<steps::Kind>(kind),
+          frozen.defined() ? frozen.data_ptr<bool>() : nullptr, g, kind,
           static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

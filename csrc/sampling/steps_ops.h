@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "steps.h"
+
 namespace sedd {
 
 at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
@@ -21,6 +23,15 @@ at::Tensor reverse_step_cuda(const at::Tensor& log_score, const at::Tensor& x,
                              const at::Tensor& dsigma, c10::string_view graph,
                              c10::string_view kind, int64_t seed, int64_t offset,
                              const c10::optional<at::Tensor>& frozen);
+// Kernel launchers (steps_cuda.cu), called by the CUDA entry points (steps_cuda_entry.cpp) on
+// prepared inputs (steps_args.h): contiguous x / frozen, fp64 dsigma and sigma.
+void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
+                              const at::Tensor& ds, const at::Tensor& frozen, Graph g,
+                              steps::Kind kind, int64_t seed, int64_t offset, at::Tensor& out);
+void sample_categorical_cuda_launch(const at::Tensor& w, int64_t seed, int64_t offset,
+                                    at::Tensor& out);
+void perturb_cuda_launch(const at::Tensor& x0, const at::Tensor& sigma, Graph g, int64_t V,
+                         int64_t seed, int64_t offset, at::Tensor& out);
 #endif
 
 }  // namespace sedd

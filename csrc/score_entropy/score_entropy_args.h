@@ -33,6 +33,23 @@ inline Args check_args(const char* op, const at::Tensor& log_score, const at::Te
   return a;
 }
 
+// The checked arguments and the per-row inputs the kernels read, shared by the CPU file and the
+// CUDA entry: contiguous int64 x_t / x_0 and fp64 sigma (on the tensors' device and stream).
+struct Prepared {
+  Args a;
+  at::Tensor xt, x0, sigma;
+};
+
+inline Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& x_t,
+                        const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
+  Prepared p;
+  p.a = check_args(op, log_score, x_t, x_0, sigma, graph);
+  p.xt = x_t.contiguous();
+  p.x0 = x_0.contiguous();
+  p.sigma = sigma.to(at::kDouble).contiguous();
+  return p;
+}
+
 inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& log_score,
                        const Args& a) {
   check_floating(op, grad, "grad");

@@ -39,24 +39,16 @@ void check_values(const char* op, Graph g, const int64_t* xt, const int64_t* x0,
   }
 }
 
-struct Prepared {
-  se::Args a;
-  at::Tensor xt, x0, sigma;  // contiguous int64 / fp64 copies (B·L elements)
-};
+using se::Prepared;
 
+// se::prepare, then the value checks (host reads; the CUDA kernels mark bad rows instead).
 Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& x_t,
                  const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
-  Prepared p;
-  p.a = se::check_args(op, log_score, x_t, x_0, sigma, graph);
-  p.xt = x_t.contiguous();
-  p.x0 = x_0.contiguous();
-  p.sigma = sigma.to(at::kDouble).contiguous();
+  Prepared p = se::prepare(op, log_score, x_t, x_0, sigma, graph);
   check_values(op, p.a.graph, p.xt.data_ptr<int64_t>(), p.x0.data_ptr<int64_t>(),
                p.sigma.data_ptr<double>(), p.a.B, p.a.L, p.a.V);
   return p;
 }
-
-int64_t row_grain(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
 
 // What every kernel loops over: rows r = b·L + i of log_score (int64 offsets throughout) and the
 // prepared per-row inputs.
@@ -79,7 +71,7 @@ struct Rows {
 
   template <typename F>
   void for_each(F&& f) const {
-    at::parallel_for(0, B * L, row_grain(V), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * L, cpu::row_grain(V), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) f(r);
     });
   }

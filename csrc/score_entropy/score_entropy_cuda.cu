@@ -24,113 +24,6 @@ namespace {
 
 constexpr int kBlock = kRowBlock;
 
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int N = 16 / sizeof(T);
-  T v[N];
-};
-
-// In-row indices are int32 (V < 2^31 is checked on the host); row offsets are int64.
-template <typename T>
-__device__ __forceinline__ int head_elems(const T* p, int V) {
-  const int h = static_cast<int>(((16 - (reinterpret_cast<uintptr_t>(p) & 15)) & 15) / sizeof(T));
-  return h < V ? h : V;
-}
-
-// Is one of the (at most two) special in-row indices inside the pack starting at `base`?
-template <int N>
-__device__ __forceinline__ bool pack_has(int base, int s0, int s1) {
-  return static_cast<unsigned>(s0 - base) < N || static_cast<unsigned>(s1 - base) < N;
-}
-
-// Visits every y in [0, V) of the row `p`, the nt threads of the row splitting it: a scalar head
-// up to 16-byte alignment, a 16-byte vector body, a scalar tail. Entries of the head, the tail
-// and the (at most two) packs that hold a special index s0/s1 go to slow(y, v); every other entry
-// goes to fast(v), which needs no index arithmetic.
-template <typename T, typename Fast, typename Slow>
-__device__ __forceinline__ void row_for_each(const T* __restrict__ p, int V, int t, int nt, int s0,
-                                             int s1, Fast&& fast, Slow&& slow) {
-  constexpr int N = Pack<T>::N;
-  const int head = head_elems(p, V);
-  for (int j = t; j < head; j += nt) slow(j, p[j]);
-  const int nvec = (V - head) / N;
-  const Pack<T>* vp = reinterpret_cast<const Pack<T>*>(p + head);
-#pragma unroll 4
-  for (int k = t; k < nvec; k += nt) {
-    const Pack<T> pk = vp[k];
-    const int base = head + k * N;
-    if (pack_has<N>(base, s0, s1)) {
-#pragma unroll
-      for (int q = 0; q < N; ++q) slow(base + q, pk.v[q]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < N; ++q) fast(pk.v[q]);
-    }
-  }
-  for (int j = head + nvec * N + t; j < V; j += nt) slow(j, p[j]);
-}
-
-// o[y] = fast(p[y]) or slow(y, p[y]) (same split as row_for_each); vector stores when input and
-// output rows share their alignment, scalar stores otherwise.
-template <typename T, typename Fast, typename Slow>
-__device__ __forceinline__ void row_map(const T* __restrict__ p, T* __restrict__ o, int V, int t,
-                                        int nt, int s0, int s1, Fast&& fast, Slow&& slow) {
-  constexpr int N = Pack<T>::N;
-  if (((reinterpret_cast<uintptr_t>(p) ^ reinterpret_cast<uintptr_t>(o)) & 15) != 0) {
-    for (int j = t; j < V; j += nt) o[j] = static_cast<T>(slow(j, p[j]));
-    return;
-  }
-  const int head = head_elems(p, V);
-  for (int j = t; j < head; j += nt) o[j] = static_cast<T>(slow(j, p[j]));
-  const int nvec = (V - head) / N;
-  const Pack<T>* vp = reinterpret_cast<const Pack<T>*>(p + head);
-  Pack<T>* vo = reinterpret_cast<Pack<T>*>(o + head);
-#pragma unroll 4
-  for (int k = t; k < nvec; k += nt) {
-    const Pack<T> pk = vp[k];
-    const int base = head + k * N;
-    Pack<T> out;
-    if (pack_has<N>(base, s0, s1)) {
-#pragma unroll
-      for (int q = 0; q < N; ++q) out.v[q] = static_cast<T>(slow(base + q, pk.v[q]));
-    } else {
-#pragma unroll
-      for (int q = 0; q < N; ++q) out.v[q] = static_cast<T>(fast(pk.v[q]));
-    }
-    vo[k] = out;
-  }
-  for (int j = head + nvec * N + t; j < V; j += nt) o[j] = static_cast<T>(slow(j, p[j]));
-}
-
-// Sum over the TPR threads of a row (TPR = 32: one warp; TPR = kBlock: the whole block).
-template <int TPR, typename A>
-__device__ __forceinline__ double row_sum(A v, double* smem) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  if constexpr (TPR == 32) {
-    return static_cast<double>(v);
-  } else {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();  // smem may still be read by a previous row_sum
-    if (lane == 0) smem[warp] = static_cast<double>(v);
-    __syncthreads();
-    double s = 0.0;
-#pragma unroll
-    for (int w = 0; w < TPR / 32; ++w) s += smem[w];
-    return s;
-  }
-}
-
-// A barrier among the TPR threads of a row.
-template <int TPR>
-__device__ __forceinline__ void row_barrier() {
-  if constexpr (TPR == 32) {
-    __syncwarp();
-  } else {
-    __syncthreads();
-  }
-}
-
 struct RowIds {
   int64_t row, b, x, x0;
   double sigma;
@@ -139,7 +32,7 @@ struct RowIds {
 template <int TPR>
 __device__ __forceinline__ bool row_ids(RowIds& r, int64_t rows, int64_t L, const int64_t* xt,
                                         const int64_t* x0, const double* sigma) {
-  r.row = static_cast<int64_t>(blockIdx.x) * (kBlock / TPR) + threadIdx.x / TPR;
+  r.row = row_index<TPR>();
   if (r.row >= rows) return false;
   r.b = r.row / L;
   r.x = xt[r.row];
@@ -157,7 +50,7 @@ se_forward_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t ro
   __shared__ double smem[2 * kBlock / 32];
   RowIds r;
   if (!row_ids<TPR>(r, rows, L, xt, x0, sigma)) return;  // whole rows only: no sync mismatch
-  const int t = threadIdx.x % TPR;
+  const int t = row_thread<TPR>();
   if (!se::row_valid(g, r.x, r.x0, r.sigma, V)) {
     if (t == 0) out[r.row] = std::numeric_limits<out_t>::quiet_NaN();
     return;
@@ -198,7 +91,7 @@ se_backward_kernel(const double* __restrict__ gout, const T* __restrict__ base, 
   using A = at::acc_type<T, true>;
   RowIds r;
   if (!row_ids<TPR>(r, rows, L, xt, x0, sigma)) return;
-  const int t = threadIdx.x % TPR;
+  const int t = row_thread<TPR>();
   T* o = out + r.row * V;
   if (!se::row_valid(g, r.x, r.x0, r.sigma, V)) {
     for (int64_t j = t; j < V; j += TPR) o[j] = static_cast<T>(NAN);
@@ -229,11 +122,10 @@ se_with_grad_kernel(T* base, int64_t sB, int64_t sL, int64_t rows, int64_t L, in
                     const double* __restrict__ sigma, const double* __restrict__ off,
                     const double* __restrict__ gout, Graph g, out_t* __restrict__ out) {
   using A = at::acc_type<T, true>;
-  constexpr int N = Pack<T>::N;
   __shared__ double smem[2 * kBlock / 32];
   RowIds r;
   if (!row_ids<TPR>(r, rows, L, xt, x0, sigma)) return;
-  const int t = threadIdx.x % TPR;
+  const int t = row_thread<TPR>();
   T* p = base + r.b * sB + (r.row - r.b * L) * sL;
   if (!se::row_valid(g, r.x, r.x0, r.sigma, V)) {
     if (t == 0) out[r.row] = std::numeric_limits<out_t>::quiet_NaN();
@@ -273,36 +165,18 @@ se_with_grad_kernel(T* base, int64_t sB, int64_t sL, int64_t rows, int64_t L, in
                                                l_x0, r.x == r.x0, c);
     out[r.row] = static_cast<out_t>(loss);
   }
-  // Gradient pass, same element split as row_for_each (head, 16-byte packs, tail).
-  const int Vi = static_cast<int>(V);
-  const int s0 = static_cast<int>(k.x0), s1 = static_cast<int>(k.zero);
-  auto grad_of = [&](int y, A v) -> A {
-    if (y == s0) v = raw_x0;
-    if (y == s1) v = raw_zero;
-    return se::grad_at<A>(y, exp_acc(v + oa), k);
-  };
-  const int head = head_elems(static_cast<const T*>(p), Vi);
-  for (int j = t; j < head; j += TPR) p[j] = static_cast<T>(grad_of(j, static_cast<A>(p[j])));
-  const int nvec = (Vi - head) / N;
-  Pack<T>* vp = reinterpret_cast<Pack<T>*>(p + head);
-#pragma unroll 4
-  for (int q = t; q < nvec; q += TPR) {
-    Pack<T> pk = vp[q];
-    const int b0 = head + q * N;
-    if (pack_has<N>(b0, s0, s1)) {
-#pragma unroll
-      for (int e = 0; e < N; ++e) pk.v[e] = static_cast<T>(grad_of(b0 + e, static_cast<A>(pk.v[e])));
-    } else {
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        pk.v[e] = static_cast<T>(se::grad_body<A>(exp_acc(static_cast<A>(pk.v[e]) + oa), k));
-      }
-    }
-    vp[q] = pk;
-  }
-  for (int j = head + nvec * N + t; j < Vi; j += TPR) {
-    p[j] = static_cast<T>(grad_of(j, static_cast<A>(p[j])));
-  }
+  // Gradient pass, in place, same element split as row_for_each.
+  const A x0_raw = raw_x0, zero_raw = raw_zero;
+  row_map(
+      static_cast<const T*>(p), p, static_cast<int>(V), t, TPR, static_cast<int>(k.x0),
+      static_cast<int>(k.zero),
+      [&](T raw) { return se::grad_body<A>(exp_acc(static_cast<A>(raw) + oa), k); },
+      [&](int y, T raw) {
+        A v = static_cast<A>(raw);
+        if (y == k.x0) v = x0_raw;
+        if (y == k.zero) v = zero_raw;
+        return se::grad_at<A>(y, exp_acc(v + oa), k);
+      });
 }
 
 }  // namespace

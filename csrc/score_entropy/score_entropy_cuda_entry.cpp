@@ -8,25 +8,8 @@
 #include "score_entropy_ops.h"
 
 namespace sedd {
-namespace {
-
-struct Prepared {
-  se::Args a;
-  at::Tensor xt, x0, sigma;
-};
-
-Prepared prepare(const char* op, const at::Tensor& log_score, const at::Tensor& x_t,
-                 const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph) {
-  Prepared p;
-  p.a = se::check_args(op, log_score, x_t, x_0, sigma, graph);
-  SEDD_CHECK(log_score.is_cuda(), op, ": log_score must be a CUDA tensor here");
-  p.xt = x_t.contiguous();
-  p.x0 = x_0.contiguous();
-  p.sigma = sigma.to(at::kDouble).contiguous();  // on the stream, no host sync
-  return p;
-}
-
-}  // namespace
+using se::prepare;
+using se::Prepared;
 
 at::Tensor score_entropy_cuda(const at::Tensor& log_score, const at::Tensor& x_t,
                               const at::Tensor& x_0, const at::Tensor& sigma,
