@@ -4,11 +4,20 @@
     python python/sample.py --checkpoint runs/sedd --prefix "the" --suffix "."
     python python/sample.py --checkpoint runs/sedd --infill "the [____:3] shonger [______] ."
     python python/sample.py --checkpoint louaaron/sedd-small --tokenizer gpt2:gpt2.tiktoken
+    python python/sample.py --checkpoint louaaron/sedd-small --length 4096 --stride 512 --stop-at-eos
+    python python/sample.py --checkpoint runs/sedd --predictor first_hitting --top-p 0.9
+
+--length longer than the model's window generates semi-autoregressively: windows of the
+model's length (or --window), sliding by --stride, each conditioned on what is already
+generated. --predictor first_hitting (absorbing graph) samples the exact unmasking times: one
+token per network evaluation, at most --steps evaluations per window (or --tokens-per-step).
 
 --checkpoint takes any layout: a training output folder or checkpoint of this project, a Hub
 folder or repository id (this project's or the paper's released models), or a run folder of the
 paper's training code (.hydra/config.yaml + checkpoints-meta/checkpoint.pth).
 """
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -17,22 +26,73 @@ import sys
 
 import torch
 
-from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door
+from sedd.cli import Parser, check_device, nonneg_int, positive_float, positive_int, run_door
 from sedd.inference import condition_from, load_run
 from sedd.predictors import PREDICTORS
 from sedd.sampling import sample
+
+
+def top_p_type(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {text}")
+    return v
+
+
+def eos_id(args, tok) -> int | None:
+    """The --stop-at-eos token id: --eos TEXT (one token), or the tokenizer's own EOS."""
+    if not args.stop_at_eos:
+        if args.eos:
+            raise ValueError("--eos is read with --stop-at-eos only")
+        return None
+    if args.eos:
+        try:
+            ids = tok.encode(args.eos)
+        except ValueError as e:
+            raise ValueError(f"--eos {args.eos!r}: {e}") from None
+        if len(ids) != 1:
+            raise ValueError(f"--eos {args.eos!r} is {len(ids)} tokens; it must be one token")
+        return ids[0]
+    if tok.eos is None:
+        raise ValueError("--stop-at-eos: this tokenizer has no end-of-sequence token; name one "
+                         "with --eos TEXT (the built-in language: --eos .)")
+    return tok.eos
 
 
 def parser():
     p = Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="PATH|REPO",
                    help="a training output folder or checkpoint, a Hub folder or id, or a paper run")
-    p.add_argument("--steps", type=positive_int("--steps"), default=128, help="predictor steps (default 128)")
+    p.add_argument("--steps", type=positive_int("--steps"), default=128,
+                   help="predictor steps per window (default 128); for first_hitting the cap on "
+                        "network evaluations per window")
     p.add_argument("--predictor", default="analytic", choices=sorted(PREDICTORS),
                    help="a predictor of sedd.predictors (default analytic)")
     p.add_argument("--num-samples", type=positive_int("--num-samples"), default=4)
     p.add_argument("--length", type=positive_int("--length"),
-                   help="tokens per sample (default: the training length; at most the model's window)")
+                   help="tokens per sample (default: the training length; longer than the model's "
+                        "window: semi-autoregressive windows)")
+    p.add_argument("--window", type=positive_int("--window"),
+                   help="semi-autoregressive window (default and at most: the model's window)")
+    p.add_argument("--stride", type=positive_int("--stride"),
+                   help="tokens each semi-autoregressive window moves on (default: half the window)")
+    p.add_argument("--tokens-per-step", type=positive_int("--tokens-per-step"),
+                   help="first_hitting: positions unmasked per network evaluation (default: "
+                        "masked / --steps, rounded up; 1 is exact)")
+    p.add_argument("--temperature", type=positive_float("--temperature"), default=1.0,
+                   help="temperature of each step's denoising distribution (default 1: exact)")
+    p.add_argument("--top-p", type=top_p_type, default=1.0,
+                   help="nucleus sampling of each step's denoising distribution, in (0, 1] "
+                        "(default 1: exact)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="cut each sample after its first end-of-sequence token (semi-"
+                        "autoregressive: stop when every sample has one)")
+    p.add_argument("--eos", metavar="TEXT",
+                   help="the end-of-sequence token as text (default: the tokenizer's, e.g. GPT-2's "
+                        "<|endoftext|>; the built-in language has none: say --eos .)")
     p.add_argument("--seed", type=nonneg_int("--seed"), default=0)
     p.add_argument("--prefix", default="", help="text at the start, kept fixed")
     p.add_argument("--suffix", default="", help="text at the end, kept fixed")
@@ -70,16 +130,22 @@ def _main(argv=None):
         print(f"note: {note}", file=sys.stderr)
     model, tok = r.model, r.tokenizer
     window = model.config.max_length
-    if args.length and args.length > window:
-        raise ValueError(f"--length {args.length} is longer than the model's window {window}")
+    if args.window and args.window > window:
+        raise ValueError(f"--window {args.window} is longer than the model's window {window}")
+    window = args.window or window
+    if args.stride and args.stride > window:
+        raise ValueError(f"--stride {args.stride} is longer than the window {window}")
+    predictor = PREDICTORS[args.predictor]
+    if args.tokens_per_step and predictor.loop is None:
+        raise ValueError(f"--tokens-per-step applies to --predictor first_hitting, not "
+                         f"{args.predictor}")
+    predictor.check_graph(r.graph)
+    eos = eos_id(args, tok)
     length = args.length or r.length
     condition = None
     if args.prefix or args.suffix or args.infill:
         tokens, given, length = condition_from(tok, length if not args.infill else args.length or 0,
                                                args.prefix, args.suffix, args.infill)
-        if length > window:
-            raise ValueError(f"the infill template is {length} tokens, longer than the model's "
-                             f"window {window}")
         condition = (tokens, given)
     out = output_path(args)
     out_dir = os.path.dirname(os.path.abspath(out))
@@ -88,14 +154,22 @@ def _main(argv=None):
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x, stats = sample(model, r.graph, r.noise, args.num_samples, length, args.steps, args.predictor,
                       condition=condition, generator=gen, device=device, progress=True,
-                      cache=not args.no_cache, return_stats=True)
+                      cache=not args.no_cache, return_stats=True, window=window,
+                      stride=args.stride, tokens_per_step=args.tokens_per_step,
+                      temperature=args.temperature, top_p=args.top_p,
+                      stop_at_eos=args.stop_at_eos, eos=eos)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
-          + (" (exact cache)" if stats.cached else ""), file=sys.stderr)
+          + (" (exact cache)" if stats.cached else "")
+          + (f", {stats.windows} windows" if stats.windows > 1 else ""), file=sys.stderr)
     with open(out, "w") as fh:
-        for row in x.cpu().tolist():
+        for i, row in enumerate(x):
+            row = row.cpu().tolist()
             text = tok.decode(row)
             print(text + "\n")
-            fh.write(json.dumps({"tokens": row, "text": text}) + "\n")
+            record = {"tokens": row, "text": text}
+            if args.stop_at_eos:
+                record.update(length=len(row), ended=stats.ended[i])
+            fh.write(json.dumps(record) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -64,6 +64,11 @@ class Graph:
         """x ~ the base distribution (the t = 1 end of the forward process)."""
         raise NotImplementedError
 
+    def movable(self, x):
+        """The positions [B, L] (bool) that a reverse step can change (what temperature / top-p
+        shape, sedd.shaping): every position, unless the graph says otherwise."""
+        return torch.ones_like(x, dtype=torch.bool)
+
     def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:
         """KL per token of P(σ̄(1))[:, x0] to the base distribution (SEDD.md §4)."""
         raise NotImplementedError
@@ -85,6 +90,9 @@ class Absorbing(Graph):
 
     def sample_limit(self, *shape, device=None, generator=None):
         return torch.full(shape, self.mask, dtype=torch.long, device=device)
+
+    def movable(self, x):
+        return x == self.mask
 
     def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:
         """With e^{−σ̄(1)} = ε against the leaky base (mask w.p. 1 − ε, else uniform): ε·log n;

@@ -118,6 +118,63 @@ class Language:
         return float(nll.mean()), float(nll.std(ddof=1) / math.sqrt(num))
 
 
+class LanguageOracle(torch.nn.Module):
+    """The exact denoiser of the built-in language for the absorbing graph (mask = n): a
+    time-independent ("clean") network whose p(x_i = y | the unmasked tokens of x) is the exact
+    conditional of the language, by the forward–backward algorithm over its hidden states — for
+    sequences of any length (the language is stationary, so any stretch of it is distributed as
+    a sequence of that length). It has the DDiT's clean interface (clean_log_probs,
+    log_score_from_clean, forward(x, σ)), so the samplers run on exact scores: what remains of a
+    sample's error is the sampler's own. `window` (config.max_length) is None: any length fits
+    one window unless sample(window=...) says otherwise."""
+
+    time_independent = True
+
+    def __init__(self, lang: Language):
+        super().__init__()
+        self.lang = lang
+        self.mask = lang.n
+        self.register_buffer("start", torch.from_numpy(lang.start))
+        self.register_buffer("trans", torch.from_numpy(lang.trans))
+        self.register_buffer("emit", torch.from_numpy(lang.emit))           # [S, n]
+        self.config = type("OracleConfig", (), {"max_length": None})()
+
+    def clean_log_probs(self, x):
+        """[B, L, n + 1] float32: log p(x_i = y | unmasked tokens) in columns y < n, 0 in the mask
+        column (rows of unmasked positions hold their posterior too; nobody reads them)."""
+        B, L = x.shape
+        masked = x == self.mask
+        e = self.emit.T[x.clamp(max=self.mask - 1)]                         # [B, L, S]
+        e = torch.where(masked[..., None], torch.ones_like(e), e)
+        alpha = torch.empty(B, L, e.shape[-1], dtype=torch.float64, device=x.device)
+        a = self.start[None] * e[:, 0]
+        for i in range(L):                       # scaled forward pass: α_i ∝ p(s_i, x_≤i)
+            if i > 0:
+                a = (a @ self.trans) * e[:, i]
+            a = a / a.sum(1, keepdim=True).clamp_min(1e-300)
+            alpha[:, i] = a
+        post = torch.empty_like(alpha)
+        b = torch.ones(B, e.shape[-1], dtype=torch.float64, device=x.device)
+        for i in range(L - 1, -1, -1):           # backward pass: β_i ∝ p(x_>i | s_i)
+            g = alpha[:, i] * b
+            post[:, i] = g / g.sum(1, keepdim=True).clamp_min(1e-300)
+            b = self.trans @ (e[:, i] * b).T
+            b = b.T / b.T.sum(1, keepdim=True).clamp_min(1e-300)
+        probs = post @ self.emit                                            # [B, L, n]
+        with torch.no_grad():
+            logp = torch.log(probs).float()
+        return torch.cat([logp, torch.zeros_like(logp[..., :1])], -1)
+
+    def log_score_from_clean(self, log_probs, x, sigma):
+        """As DDiT.log_score_from_clean: ℓ_y = log p(y | x) − log expm1(σ), 0 at the current token."""
+        shift = -torch.log(torch.expm1(sigma.double())).float()
+        out = log_probs + shift[:, None, None]
+        return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
+
+    def forward(self, x, sigma):
+        return self.log_score_from_clean(self.clean_log_probs(x), x, sigma)
+
+
 def _pseudo_words(rng, count, suffixes, taken):
     words = []
     while len(words) < count:

@@ -4,7 +4,12 @@ read this registry; adding a predictor is one `register(...)` call (README: "Add
 
 A predictor step at grid time t with next grid time t' (Δt = t − t') gets
 `dsigma(noise, t, t', dt)` per sequence and calls `step(graph, log_score, x, dsigma, generator,
-frozen, use_reference)`; the default step is the graph's reverse-step kernel of the same name."""
+frozen, use_reference)`; the default step is the graph's reverse-step kernel of the same name.
+
+A predictor with its own loop instead of the time grid (`loop=`, e.g. first_hitting) is called
+once per window as loop(net, graph, noise, x, frozen, steps=, tokens_per_step=, eps=, generator=,
+use_reference=, shaping=, progress=) → (x, evaluations), and needs no denoiser; `graphs` names the
+graphs it applies to (None: all)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .first_hitting import first_hitting
 
 
 def _kernel_step(kind):
@@ -23,19 +30,31 @@ def _kernel_step(kind):
 @dataclass(frozen=True)
 class Predictor:
     name: str
-    dsigma: Callable            # (noise, t, t_next, dt) -> float: what the step's kernel is given
-    step: Callable              # (graph, log_score, x, dsigma [B], generator, frozen, use_reference)
+    dsigma: Callable | None     # (noise, t, t_next, dt) -> float: what the step's kernel is given
+    step: Callable | None       # (graph, log_score, x, dsigma [B], generator, frozen, use_reference)
     doc: str = ""
+    loop: Callable | None = None          # its own sampling loop (no grid, no denoiser)
+    graphs: tuple[str, ...] | None = None  # the graphs it applies to (None: every graph)
+
+    def check_graph(self, graph):
+        if self.graphs is not None and graph.name not in self.graphs:
+            raise ValueError(f"predictor {self.name!r} needs the "
+                             f"{' or '.join(self.graphs)} graph, got {graph.name!r}")
 
 
 PREDICTORS: dict[str, Predictor] = {}
 
 
-def register(name: str, dsigma: Callable, step: Callable | None = None, doc: str = "") -> Predictor:
-    """Add a predictor; `step` defaults to the graphs' reverse-step kernel called `name`."""
+def register(name: str, dsigma: Callable | None = None, step: Callable | None = None, doc: str = "",
+             loop: Callable | None = None, graphs=None) -> Predictor:
+    """Add a predictor; `step` defaults to the graphs' reverse-step kernel called `name`
+    (unless it brings its own `loop`)."""
     if name in PREDICTORS:
         raise ValueError(f"predictor {name!r} is already registered")
-    p = Predictor(name, dsigma, step or _kernel_step(name), doc)
+    if loop is None and dsigma is None:
+        raise ValueError(f"predictor {name!r} needs a dsigma rule or its own loop")
+    p = Predictor(name, dsigma, step or (None if loop else _kernel_step(name)), doc, loop,
+                  tuple(graphs) if graphs else None)
     PREDICTORS[name] = p
     return p
 
@@ -55,3 +74,5 @@ register("euler", lambda noise, t, t_next, dt: _as_float(noise.rate(t)) * dt,
          doc="τ-leaping with the rate at t: δσ = σ̇(t)·Δt")
 register("analytic", lambda noise, t, t_next, dt: _as_float(noise.total(t) - noise.total(t_next)),
          doc="Tweedie τ-leaping over the exact noise of the interval: δσ = σ̄(t) − σ̄(t')")
+register("first_hitting", loop=first_hitting, graphs=("absorb",),
+         doc="exact unmasking times (absorbing): one position per evaluation, ≤ L evaluations")
