@@ -262,7 +262,25 @@ def _throughput_table(rows):
     return out
 
 
-TABLES = {"kernel": _kernel_table, "memory": _memory_table, "throughput": _throughput_table}
+def _trade_table(rows):
+    """bench_predictors.py: per case and steps, each predictor's tokens/s (and × the first
+    predictor's), network calls, and its sample quality with exact scores."""
+    base = rows[0]["impl"]
+    ref = {(r["machine"], r["case"], r["steps"]): r["tokens_per_s"] for r in rows
+           if r["impl"] == base}
+    out = ["| machine | case | steps | predictor | tok/s | × " + base + " | network calls | "
+           "sequences run / B·evaluations | valid | NLL − H (nats/token) |", "|" + "---|" * 10]
+    for r in rows:
+        b = ref.get((r["machine"], r["case"], r["steps"]))
+        out.append(f"| {r['machine']} | {r['case']} | {r['steps']} | {r['impl']} | "
+                   f"{r['tokens_per_s']:,.1f} | {_x(r['tokens_per_s'], b)} | "
+                   f"{r['network_calls']} of {r['evaluations']} | "
+                   f"{r['sequences']} / {r['batch'] * r['evaluations']} | {r['valid']:.3f} | "
+                   f"{r['nll_excess']:+.4f} |")
+    return out
+
+
+TABLES = {"trade": _trade_table, "kernel": _kernel_table, "memory": _memory_table, "throughput": _throughput_table}
 
 
 def summary(section, write_line):

@@ -153,6 +153,12 @@ def test_first_hitting_keeps_given_positions_and_needs_the_absorbing_graph():
                   return_stats=True)
     assert (x[:, given[0]] == tokens[:, given[0]]).all() and x.max() < LANG.n
     assert s.evaluations == 11 and np.isfinite(nll_per_token(x)).all()
+    # the reference twin of the denoise step draws the tokens with use_reference=True
+    xr, sr = sample(ORACLE, GRAPH, NOISE, 200, 16, ALL, "first_hitting", use_reference=True,
+                    condition=(tokens, given), generator=torch.Generator().manual_seed(0),
+                    return_stats=True, top_p=0.95)
+    assert (xr[:, given[0]] == tokens[:, given[0]]).all() and sr.evaluations == 11
+    assert np.isfinite(nll_per_token(xr)).all()
     with pytest.raises(ValueError, match="needs the absorb graph, got 'uniform'"):
         sample(ORACLE, get_graph("uniform", 5), Geometric(), 2, 8, 8, "first_hitting")
     with pytest.raises(ValueError, match="tokens_per_step applies to predictor 'first_hitting'"):
