@@ -19,7 +19,7 @@ and reuses the held rows of the others (recomputing only the shift). This is exa
 approximation — a reused row is the output the network would give for that sequence now — so
 the cached sampler is equal in distribution to the uncached one. It is bit-identical when the
 network's output for a sequence does not depend on which other sequences share its batch: true
-at batch size 1 and with the all-or-nothing steps, and on CPU for the DDiT in this project's
+at batch size 1 and at steps where every sequence changed, and on CPU for the DDiT in this project's
 tests (checked); a backend that picks its matmul kernel by batch size may round a sub-batch
 differently in the last bit, which can change a draw that falls on a boundary (then the samples
 differ, still from the same distribution). With the log-linear schedule about B·L/S tokens are
