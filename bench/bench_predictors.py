@@ -26,8 +26,8 @@ from sedd.language import LanguageOracle, builtin_language
 from sedd.noise import LogLinear
 from sedd.sampling import sample
 
-from bench_sampler import SHAPES, STEPS, clean_model
-from harness import DEVICES, ROWS, level, machine, sync
+from bench_sampler import SHAPES, STEPS, time_sample
+from harness import DEVICES, ROWS, level, machine
 
 PREDICTORS = ("analytic", "first_hitting")
 QUALITY_N, QUALITY_L = 256, 64
@@ -62,28 +62,13 @@ def cases():
 @pytest.mark.parametrize("device,preset,steps,predictor", list(cases()))
 def test_predictor(benchmark, device, preset, steps, predictor):
     n, B, L = SHAPES[preset][level(device)]
-    model, graph, noise = clean_model(preset, device), Absorbing(n), LogLinear()
-    stats = []
-
-    def run(num_steps=steps):
-        gen = torch.Generator(device=device).manual_seed(0)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            x, s = sample(model, graph, noise, B, L, num_steps, predictor, generator=gen,
-                          device=device, return_stats=True)
-        sync(device)
-        assert x.max() < n
-        stats.append(s)
-
-    run(2)
     rounds = 1 if device == "cuda" or preset == "small" else 3
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
-    s = stats[-1]
+    s = time_sample(benchmark, device, preset, steps, rounds, predictor=predictor)
     tps = B * L / benchmark.stats.stats.min
     valid, excess = quality(predictor, max(1, round(steps * QUALITY_L / L)))
     benchmark.extra_info.update(machine=machine(device), tokens_per_s=round(tps, 1),
                                 network_calls=s.network_calls, valid=valid, nll_excess=excess)
     ROWS.append(dict(suite="predictors", kind="trade", device=str(device), machine=machine(device),
-                     case=f"{preset} {B} × {L}, V {graph.V}", steps=steps, impl=predictor,
+                     case=f"{preset} {B} × {L}, V {n + 1}", steps=steps, impl=predictor,
                      tokens_per_s=tps, evaluations=s.evaluations, network_calls=s.network_calls,
-                     sequences=s.sequence_evaluations, batch=B,
-                     valid=valid, nll_excess=excess))
+                     sequences=s.sequence_evaluations, batch=B, valid=valid, nll_excess=excess))

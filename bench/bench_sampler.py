@@ -67,8 +67,9 @@ def cases():
                                            id=f"{device}-{preset}-{steps}-{step}-{cache}")
 
 
-@pytest.mark.parametrize("device,preset,steps,step,cache", list(cases()))
-def test_sample(benchmark, device, preset, steps, step, cache):
+def time_sample(benchmark, device, preset, steps, rounds, **kw):
+    """Time sample() on the preset's clean model at the level's shape (a 2-step warm-up, then
+    `rounds` timed calls); returns the SampleStats of the last call. `kw` goes to sample()."""
     n, B, L = SHAPES[preset][level(device)]
     model, graph, noise = clean_model(preset, device), Absorbing(n), LogLinear()
     stats = []
@@ -76,19 +77,25 @@ def test_sample(benchmark, device, preset, steps, step, cache):
     def run(num_steps=steps):
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            x, s = sample(model, graph, noise, B, L, num_steps, "analytic", generator=gen,
-                          device=device, cache=cache == "cache", use_reference=step == "reference",
-                          return_stats=True)
+            x, s = sample(model, graph, noise, B, L, num_steps, generator=gen, device=device,
+                          return_stats=True, **kw)
         sync(device)
         assert x.max() < n                     # a finished sample: no mask left
         stats.append(s)
 
     run(2)
-    rounds = 1 if device == "cuda" else (3 if preset == "tiny" and steps <= 256 else 2)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
-    s = stats[-1]
+    return stats[-1]
+
+
+@pytest.mark.parametrize("device,preset,steps,step,cache", list(cases()))
+def test_sample(benchmark, device, preset, steps, step, cache):
+    n, B, L = SHAPES[preset][level(device)]
+    rounds = 1 if device == "cuda" else (3 if preset == "tiny" and steps <= 256 else 2)
+    s = time_sample(benchmark, device, preset, steps, rounds, predictor="analytic",
+                    cache=cache == "cache", use_reference=step == "reference")
     record_throughput(benchmark, suite="sampler", device=device,
-                      case=f"{preset} {B} × {L}, V {graph.V}, {steps} steps",
+                      case=f"{preset} {B} × {L}, V {n + 1}, {steps} steps",
                       impl=step + ("+cache" if cache == "cache" else ""), tokens=B * L,
                       seconds=benchmark.stats.stats.min, baseline="reference",
                       network_calls=s.network_calls, evaluations=s.evaluations)

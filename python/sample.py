@@ -26,20 +26,11 @@ import sys
 
 import torch
 
-from sedd.cli import Parser, check_device, nonneg_int, positive_float, positive_int, run_door
+from sedd.cli import (Parser, check_device, nonneg_int, positive_float, positive_int,
+                      probability, run_door)
 from sedd.inference import condition_from, load_run
 from sedd.predictors import PREDICTORS
 from sedd.sampling import sample
-
-
-def top_p_type(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {text}")
-    return v
 
 
 def eos_id(args, tok) -> int | None:
@@ -84,7 +75,7 @@ def parser():
                         "masked / --steps, rounded up; 1 is exact)")
     p.add_argument("--temperature", type=positive_float("--temperature"), default=1.0,
                    help="temperature of each step's denoising distribution (default 1: exact)")
-    p.add_argument("--top-p", type=top_p_type, default=1.0,
+    p.add_argument("--top-p", type=probability("--top-p"), default=1.0,
                    help="nucleus sampling of each step's denoising distribution, in (0, 1] "
                         "(default 1: exact)")
     p.add_argument("--stop-at-eos", action="store_true",

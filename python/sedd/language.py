@@ -167,7 +167,8 @@ class LanguageOracle(torch.nn.Module):
 
     def log_score_from_clean(self, log_probs, x, sigma):
         """As DDiT.log_score_from_clean: ℓ_y = log p(y | x) − log expm1(σ), 0 at the current token."""
-        shift = -torch.log(torch.expm1(sigma.double())).float()
+        from .losses import _log_expm1
+        shift = -_log_expm1(sigma.double()).float()
         out = log_probs + shift[:, None, None]
         return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
 

@@ -242,9 +242,7 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
     model_was_training = model.training
     model.eval()
     try:
-        lo = 0
-        while True:
-            lo = min(lo, length - W)
+        for lo in window_starts(length, W, stride):
             win = slice(lo, lo + W)
             frozen = done[:, win] if given is None else done[:, win] | given[:, win]
             if given is None and windows == 0:
@@ -259,11 +257,8 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
             done[:, win] = True
             evaluations += ev
             windows += 1
-            if lo + W >= length:
-                break
-            if stop_at_eos and bool((_first_eos(x, eos, given, done) > 0).all()):
+            if stop_at_eos and lo + W < length and bool((_first_eos(x, eos, given, done) > 0).all()):
                 break                               # every sequence has ended: stop generating
-            lo += stride
     finally:
         model.train(model_was_training)
         if bar is not None:

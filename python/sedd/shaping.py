@@ -74,10 +74,10 @@ def shape_scores(log_score: torch.Tensor, x: torch.Tensor, movable: torch.Tensor
     idx = movable.reshape(-1).nonzero().squeeze(1)
     if idx.numel() == 0:
         return log_score
-    V = log_score.shape[-1]
-    flat = log_score.view(-1, V) if log_score.is_contiguous() else None
-    if flat is None:
+    if not log_score.is_contiguous():
         raise ValueError("shape_scores needs contiguous log-scores")
+    V = log_score.shape[-1]
+    flat = log_score.view(-1, V)
     cur = x.reshape(-1)
     step = max(1, _CHUNK_ELEMENTS // V)
     for lo in range(0, idx.numel(), step):
