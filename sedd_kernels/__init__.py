@@ -1,6 +1,7 @@
 """sedd-kernels: fused CPU/CUDA kernels for Score Entropy Discrete Diffusion.
 
-Functional API (fused kernels): :func:`score_entropy`, :func:`linear_score_entropy`, :func:`perturb`, :func:`euler_step`,
+Functional API (fused kernels): :func:`score_entropy`, :func:`linear_score_entropy`,
+:func:`linear_cross_entropy` (the autoregressive baseline's loss), :func:`perturb`, :func:`euler_step`,
 :func:`analytic_step`, :func:`denoise_step` (all three: :func:`reverse_step` with a kind),
 :func:`sample_categorical`; closed-form dense rows
 :func:`transition`, :func:`staggered_score`; dense user rate matrices: :class:`GeneralGraph`.
@@ -16,11 +17,12 @@ from ._sampling import (analytic_step, denoise_step, euler_step, perturb, revers
                         sample_categorical, staggered_score, transition)
 from .general import GeneralGraph
 from .linear import linear_score_entropy
+from .linear_ce import linear_cross_entropy
 
 __all__ = ["score_entropy", "perturb", "transition", "staggered_score", "euler_step",
            "analytic_step", "denoise_step", "reverse_step", "sample_categorical", "GeneralGraph",
            "reference",
-           "linear_score_entropy",
+           "linear_score_entropy", "linear_cross_entropy",
            "build_info"]
 __version__ = "0.1.0"
 

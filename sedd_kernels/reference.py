@@ -10,6 +10,8 @@ in float64 for float64 inputs and in float32 otherwise (bf16/fp16 inputs are upc
 - :func:`linear_score_entropy` — the unfused twin of the fused projection + loss: the log-scores
   ``hidden @ weight.T + bias + offset`` materialised, then :func:`score_entropy` (``dense=True``:
   :func:`score_entropy_dense`, for ``torch.compile``).
+- :func:`linear_cross_entropy` — the unfused twin of the fused projection + cross-entropy (the
+  autoregressive baseline's loss): the logits materialised, then ``F.cross_entropy``.
 - :func:`score_entropy_general` — the definition Σ_y w_y (e^{ℓ_y} − r_y ℓ_y + K(r_y)) with a dense
   rate matrix Q and P = exp(σQ); small V only. It checks the closed forms.
 - Sampling (§1, §6): :func:`sample_categorical` (float64 exponential race with torch's RNG),
@@ -155,6 +157,22 @@ def linear_score_entropy(hidden, weight, bias, x_t, x_0, sigma, graph, logit_off
         ls = ls + (off[:, None, None] if off.dim() == 1 else off[..., None])
     fn = score_entropy_dense if dense else score_entropy
     return fn(ls, x_t, x_0, sigma, graph)
+
+
+def linear_cross_entropy(hidden, weight, bias, target, *, reduction="mean", ignore_index=-100,
+                         token_weight=None) -> torch.Tensor:
+    """F.cross_entropy of the materialised logits hidden @ weight.T + bias ([..., V], in float32,
+    float64 for float64 inputs), ignored rows 0; reduction mean / sum (Σ token_weight·CE) / none."""
+    z = torch.nn.functional.linear(hidden, weight, bias)
+    z = z.to(_compute_dtype(z))
+    ce = torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), target.reshape(-1),
+                                           reduction="none", ignore_index=ignore_index)
+    ce = ce.view(target.shape)
+    if reduction == "none":
+        return ce
+    if reduction == "mean":
+        return ce.sum() / (target != ignore_index).sum().clamp_min(1)
+    return (ce * token_weight).sum() if token_weight is not None else ce.sum()
 
 
 def _K(a: torch.Tensor) -> torch.Tensor:
