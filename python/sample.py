@@ -1,4 +1,6 @@
-"""Sample from a trained SEDD model, unconditionally or with given text (prefix, suffix, infill).
+"""Sample from a trained SEDD model, unconditionally or with given text (prefix, suffix, infill);
+or from the autoregressive baseline (train.py --model ar): ancestrally with a KV cache, a prefix
+but no suffix or infill, --temperature and --top-p as for SEDD.
 
     python python/sample.py --checkpoint runs/sedd
     python python/sample.py --checkpoint runs/sedd --prefix "the" --suffix "."
@@ -28,7 +30,9 @@ import torch
 
 from sedd.cli import (Parser, check_device, nonneg_int, positive_float, positive_int,
                       probability, run_door)
+from sedd.ar import ar_sample
 from sedd.inference import condition_from, load_run
+from sedd.model import is_autoregressive
 from sedd.predictors import PREDICTORS
 from sedd.sampling import sample
 
@@ -97,18 +101,20 @@ def parser():
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-cache", action="store_true",
                    help="call the network at every step even for a time-independent ('clean') "
-                        "model (the cache is exact: same samples, fewer network calls)")
+                        "model (the cache is exact: same samples, fewer network calls); for an "
+                        "autoregressive model, recompute the prefix at every token (no KV cache)")
     return p
 
 
-def output_path(args) -> str:
+def output_path(args, name: str | None = None) -> str:
     """--out, or for a training output folder its samples/ folder (never the current folder)."""
     if args.out:
         return args.out
     run = os.path.expanduser(args.checkpoint)
     if os.path.isdir(os.path.join(run, "checkpoints")):
         os.makedirs(os.path.join(run, "samples"), exist_ok=True)
-        return os.path.join(run, "samples", f"sample-{args.predictor}-{args.steps}-seed{args.seed}.jsonl")
+        name = name or f"{args.predictor}-{args.steps}"
+        return os.path.join(run, "samples", f"sample-{name}-seed{args.seed}.jsonl")
     raise ValueError(f"--out FILE is needed to write the samples of {args.checkpoint} (only a "
                      f"training output folder has a default, its samples/ folder)")
 
@@ -120,6 +126,8 @@ def _main(argv=None):
     for note in r.run.notes:
         print(f"note: {note}", file=sys.stderr)
     model, tok = r.model, r.tokenizer
+    if is_autoregressive(model):
+        return ar_main(args, r, device)
     window = model.config.max_length
     if args.window and args.window > window:
         raise ValueError(f"--window {args.window} is longer than the model's window {window}")
@@ -152,13 +160,55 @@ def _main(argv=None):
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
           + (" (exact cache)" if stats.cached else "")
           + (f", {stats.windows} windows" if stats.windows > 1 else ""), file=sys.stderr)
+    write_records(out, x, tok, stats, args.stop_at_eos)
+
+
+def ar_main(args, r, device):
+    """The autoregressive baseline: ancestral sampling with a KV cache; a prefix, no suffix or
+    infill (a left-to-right model cannot condition on what follows)."""
+    model, tok = r.model, r.tokenizer
+    if args.suffix or args.infill:
+        raise ValueError(f"{'--suffix' if args.suffix else '--infill'}: an autoregressive model "
+                         f"generates left to right and cannot condition on text after the "
+                         f"blanks; use --prefix, or a SEDD checkpoint to infill")
+    for flag, given in (("--window", args.window), ("--stride", args.stride),
+                        ("--tokens-per-step", args.tokens_per_step)):
+        if given:
+            raise ValueError(f"{flag} is for SEDD models; an autoregressive model samples one "
+                             f"token per evaluation within its window")
+    if args.predictor != "analytic":
+        raise ValueError(f"--predictor {args.predictor}: an autoregressive model samples "
+                         f"ancestrally (no predictor)")
+    eos = eos_id(args, tok)
+    length = args.length or r.length
+    if length > model.config.max_length:
+        raise ValueError(f"--length {length} is longer than the autoregressive model's window "
+                         f"{model.config.max_length}")
+    prefix = None
+    if args.prefix:
+        ids, _, _ = condition_from(tok, length, args.prefix)
+        prefix = ids[:, :len(tok.encode(args.prefix))]
+    out = output_path(args, "ar")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out {out}: the folder {out_dir} does not exist")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x, stats = ar_sample(model, args.num_samples, length, generator=gen, prefix=prefix,
+                         temperature=args.temperature, top_p=args.top_p, cache=not args.no_cache,
+                         stop_at_eos=args.stop_at_eos, eos=eos, device=device, return_stats=True)
+    print(f"network calls: {stats.network_calls} (ancestral, one per token"
+          + (", KV cache" if stats.cached else "") + ")", file=sys.stderr)
+    write_records(out, x, tok, stats, args.stop_at_eos)
+
+
+def write_records(out, x, tok, stats, stop_at_eos):
     with open(out, "w") as fh:
         for i, row in enumerate(x):
             row = row.cpu().tolist()
             text = tok.decode(row)
             print(text + "\n")
             record = {"tokens": row, "text": text}
-            if args.stop_at_eos:
+            if stop_at_eos:
                 record.update(length=len(row), ended=stats.ended[i])
             fh.write(json.dumps(record) + "\n")
     print(f"wrote {out}", file=sys.stderr)

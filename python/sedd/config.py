@@ -26,6 +26,9 @@ def _f(help, default=None, check=None, flag=None, choices=None):
 @dataclass
 class TrainConfig:
     preset: str = _f("model and schedule sizes (default tiny)", "tiny", choices=sorted(PRESETS))
+    model: str = _f("sedd (default): a SEDD model (DDiT, score entropy); ar: the autoregressive "
+                    "baseline of the same size class (causal, next-token cross-entropy; sedd.ar)",
+                    "sedd", choices=["sedd", "ar"])
     data: str | None = _f("builtin (default for tiny), a text file or folder, or a datasets name "
                           "(openwebtext, wikitext2, wikitext103, ptb, lm1b, lambada, text8)")
     tokenizer: str | None = _f("gpt2, gpt2:PATH.tiktoken, bpe[:N], char, or a path (ignored for "
@@ -95,8 +98,15 @@ class TrainConfig:
         if given.get("init_from"):
             values.update(inherit_from_checkpoint(given["init_from"], given,
                                                   check=not given.get("resume")))
+        if values.get("model") == "ar":
+            sedd_only = [k for k in ("graph", "noise", "parametrisation", "reference_loss")
+                         if k in given and given[k] != getattr(cls, k, None)]
+            if sedd_only:
+                raise ValueError(f"bad configuration: --model ar has no "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in sedd_only)} "
+                                 f"(a SEDD model's settings)")
         cfg = cls(**values)
-        if cfg.noise is None:
+        if cfg.noise is None and cfg.model != "ar":
             cfg.noise = cfg.graph_rules().default_noise
         cfg.validate()
         return cfg
@@ -132,13 +142,21 @@ class TrainConfig:
                                     f"must be even (rotary positions)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
+        """The network of the run over `vocab_size` ids (SEDD: the graph's V; AR: n + 1, BOS)."""
         if self.init_from:      # the checkpoint's network (its window included), new dropout
             from .hub import read_run_config
             m = read_run_config(self.init_from).model.to_dict()
             return ModelConfig(**{**m, "dropout": self.dropout})
+        if self.model == "ar":
+            return ModelConfig(vocab_size=vocab_size, scale_by_sigma=False, max_length=self.seq_len,
+                               arch="ar", **{k: getattr(self, k) for k in MODEL_FIELDS})
         return ModelConfig(vocab_size=vocab_size, scale_by_sigma=self.graph_rules().scale_by_sigma,
                            max_length=self.seq_len, parametrisation=self.parametrisation,
                            **{k: getattr(self, k) for k in MODEL_FIELDS})
+
+    def vocab_size(self, n: int) -> int:
+        """Network ids over n real tokens: the graph's V (SEDD) or n + 1 with BOS (AR)."""
+        return n + 1 if self.model == "ar" else self.graph_rules().vocab_size(n)
 
 
 # ---- the command line, generated from the fields
@@ -175,7 +193,8 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # ---- fine-tuning
-INHERITED = ("graph", "noise", "hidden_size", "n_blocks", "n_heads", "cond_dim", "parametrisation")
+INHERITED = ("model", "graph", "noise", "hidden_size", "n_blocks", "n_heads", "cond_dim",
+             "parametrisation")
 
 
 def inherit_from_checkpoint(path: str, given: dict, check: bool = True) -> dict:
@@ -185,12 +204,13 @@ def inherit_from_checkpoint(path: str, given: dict, check: bool = True) -> dict:
     from .hub import read_run_config
     run = read_run_config(path)
     m = run.model
-    have = {"graph": run.graph, "noise": run.noise["name"], "hidden_size": m.hidden_size,
-            "n_blocks": m.n_blocks, "n_heads": m.n_heads, "cond_dim": m.cond_dim,
-            "parametrisation": m.parametrisation}
+    have = {"model": "ar" if m.arch == "ar" else "sedd", "hidden_size": m.hidden_size,
+            "n_blocks": m.n_blocks, "n_heads": m.n_heads, "cond_dim": m.cond_dim}
+    if m.arch != "ar":
+        have.update(graph=run.graph, noise=run.noise["name"], parametrisation=m.parametrisation)
     if check:
         for k in INHERITED:
-            if k in given and given[k] != have[k]:
+            if k in given and k in have and given[k] != have[k]:
                 raise ValueError(f"--{k.replace('_', '-')} {given[k]} disagrees with the "
                                  f"checkpoint's {have[k]} (--init-from {path}); leave the flag "
                                  f"out to take the checkpoint's")

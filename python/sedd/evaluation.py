@@ -153,18 +153,25 @@ def evaluation_set(protocol: str, data: str, tokenizer: str, length: int, num: i
 
 # ---- the likelihood bound over an evaluation set
 class BoundReport(NamedTuple):
-    per_token: float               # Σ bound / Σ tokens, nats
+    per_token: float               # Σ bound / Σ tokens, nats (the AR baseline: its exact NLL)
     stderr: float                  # its standard error (over blocks, timestep noise included)
     exact_per_token: float | None  # exact NLL of the same blocks (built-in corpus), nats/token
     prior_per_token: float = 0.0   # the prior term (included in per_token)
     blocks: int = 0
     length: int = 0
     entropy_rate: float | None = None   # the built-in language's, at this length
+    exact: bool = False            # per_token is the model's exact NLL (autoregressive), no bound
 
 
 def evaluate(model, graph, noise, sequences, timesteps, batch_size, seed=0, device="cpu", *,
              low_discrepancy=False):
-    """Per-sequence bounds, priors and standard errors over a [N, L] tensor of token ids."""
+    """Per-sequence bounds, priors and standard errors over a [N, L] tensor of token ids. For the
+    autoregressive baseline: its exact per-sequence NLL (no prior term, no timestep noise)."""
+    from .model import is_autoregressive
+    if is_autoregressive(model):
+        nll = torch.cat([model.nll(sequences[i:i + batch_size].to(device)).cpu()
+                         for i in range(0, len(sequences), batch_size)])
+        return nll, torch.zeros_like(nll), torch.zeros_like(nll)
     gen = torch.Generator().manual_seed(seed)
     out = [likelihood_bound(model, sequences[i:i + batch_size].to(device), graph, noise, timesteps,
                             gen, batch_low_discrepancy=low_discrepancy)
@@ -174,7 +181,9 @@ def evaluate(model, graph, noise, sequences, timesteps, batch_size, seed=0, devi
 
 def bound_report(model, graph, noise, ev: EvalSet, timesteps: int, batch_size: int, seed: int = 0,
                  device="cpu", low_discrepancy: bool = False) -> BoundReport:
-    """The corpus figure Σ bound / Σ tokens with the standard error of the mean over blocks."""
+    """The corpus figure Σ bound / Σ tokens with the standard error of the mean over blocks (the
+    autoregressive baseline: Σ exact NLL / Σ tokens, its spread over blocks)."""
+    from .model import is_autoregressive
     x0 = ev.x0
     n, L = x0.shape
     if n < 2:
@@ -186,7 +195,8 @@ def bound_report(model, graph, noise, ev: EvalSet, timesteps: int, batch_size: i
     stderr = bound.std(unbiased=True).item() / math.sqrt(n) / L
     exact = float(ev.exact_nll.mean() / L) if ev.exact_nll is not None else None
     rate = ev.language.entropy_rate(L)[0] if ev.language is not None else None
-    return BoundReport(per_token, stderr, exact, prior.mean().item() / L, n, L, rate)
+    return BoundReport(per_token, stderr, exact, prior.mean().item() / L, n, L, rate,
+                       is_autoregressive(model))
 
 
 # ---- sample quality

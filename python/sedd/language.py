@@ -93,19 +93,32 @@ class Language:
             state = np.minimum((cum_t[state] < u[:, None]).sum(1), S - 1)
         return out
 
-    def log_likelihood(self, seqs) -> np.ndarray:
-        """Exact log p(x_1..L) per sequence (forward algorithm, scaled), [N] float64."""
+    def log_likelihood(self, seqs, known=None) -> np.ndarray:
+        """Exact log p(x_1..L) per sequence (forward algorithm, scaled), [N] float64. With
+        `known` ([N, L] bool), the marginal log p(x_known) of the known positions only (the others
+        summed over every token): log p(x) − log p(x_known) is the exact conditional
+        −NLL of the unknown positions given the known ones (infilling's ground truth)."""
         seqs = np.asarray(seqs, dtype=np.int64)
         N, L = seqs.shape
-        alpha = self.start[None, :] * self.emit[:, seqs[:, 0]].T      # [N, S]
+        known = None if known is None else np.asarray(known, dtype=bool)
+        if known is not None and known.shape != seqs.shape:
+            raise ValueError(f"known must have the shape of seqs {list(seqs.shape)}, got "
+                             f"{list(known.shape)}")
+        alpha = self.start[None, :] * self._emission(seqs, known, 0)    # [N, S]
         ll = np.zeros(N)
         with np.errstate(divide="ignore", invalid="ignore"):  # impossible sequences: −inf
-            return self._forward(seqs, alpha, ll)
+            return self._forward(seqs, alpha, ll, known)
 
-    def _forward(self, seqs, alpha, ll):
+    def _emission(self, seqs, known, i):
+        e = self.emit[:, seqs[:, i]].T                                   # [N, S]
+        if known is not None:
+            e = np.where(known[:, i, None], e, 1.0)                      # Σ_y P(y | s) = 1
+        return e
+
+    def _forward(self, seqs, alpha, ll, known=None):
         for i in range(seqs.shape[1]):
             if i > 0:
-                alpha = (alpha @ self.trans) * self.emit[:, seqs[:, i]].T
+                alpha = (alpha @ self.trans) * self._emission(seqs, known, i)
             c = alpha.sum(1)
             ll += np.log(c)
             alpha = np.where(c[:, None] > 0, alpha / np.where(c > 0, c, 1.0)[:, None], 0.0)

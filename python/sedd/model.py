@@ -29,8 +29,16 @@ class ModelConfig:
     # parametrisation of the absorbing graph (DDiT.clean_log_probs): the network ignores σ and
     # outputs log p(y | x) over the n real tokens, turned into log-scores analytically.
     parametrisation: str = "score"
+    # "ddit": the SEDD network (DDiT). "ar": the autoregressive baseline (sedd.ar.ARModel): the
+    # same blocks without time conditioning, causal attention; vocab_size = n + 1 (a BOS token).
+    arch: str = "ddit"
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "ar" and (self.parametrisation != "score" or self.scale_by_sigma):
+            raise ValueError("arch='ar' (the autoregressive baseline) has no time conditioning: "
+                             "parametrisation must be 'score' and scale_by_sigma False")
         if self.parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got "
                              f"{self.parametrisation!r}")
@@ -47,6 +55,20 @@ class ModelConfig:
 
 
 PARAMETRISATIONS = ("score", "clean")
+ARCHS = ("ddit", "ar")
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network of a ModelConfig: the DDiT, or the autoregressive baseline (arch='ar')."""
+    if config.arch == "ar":
+        from .ar import ARModel
+        return ARModel(config)
+    return DDiT(config)
+
+
+def is_autoregressive(model) -> bool:
+    inner = getattr(model, "module", model)          # DDP / FSDP wrappers
+    return getattr(getattr(inner, "config", None), "arch", "ddit") == "ar"
 
 
 # the ModelConfig fields of each preset (sedd.presets holds the presets)
@@ -183,6 +205,9 @@ class DDiT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.arch != "ddit":
+            raise ValueError(f"DDiT needs arch='ddit', got {config.arch!r} (sedd.model.build_model "
+                             f"builds either)")
         if config.hidden_size % config.n_heads:
             raise ValueError(f"hidden_size {config.hidden_size} is not divisible by n_heads "
                              f"{config.n_heads}")

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from .graphs import GRAPHS, graph_class
-from .model import DDiT, ModelConfig
+from .model import ModelConfig
 
 NOISES = ("loglinear", "geometric")
 PAPER_LOGLINEAR_EPS = 1e-3     # noise_lib.LogLinearNoise of the paper's code
@@ -84,7 +84,7 @@ def noise_spec(name: str, **kwargs) -> dict:
 @dataclass
 class RunConfig:
     model: ModelConfig
-    graph: str                    # "absorb", "uniform" or "general:PATH"
+    graph: str | None             # "absorb", "uniform" or "general:PATH"; None: autoregressive
     n: int                        # real tokens (the absorbing graph's V is n + 1)
     noise: dict                   # {"name": "loglinear"|"geometric", arguments}
     tokenizer: str = "gpt2"       # sedd.data.get_tokenizer spec; "builtin" for the built-in words
@@ -113,8 +113,10 @@ class RunConfig:
     def _from_ours(cls, cfg, source):
         try:
             model = ModelConfig(**cfg["model"])
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: model: {e}") from None
+        if model.arch == "ar":
+            return cls._ar_from_ours(cfg, model, source)
         graph = cfg.get("graph", "absorb")
         try:
             gcls = graph_class(graph)
@@ -140,6 +142,25 @@ class RunConfig:
                    seq_len=train.get("seq_len"), seed=int(train.get("seed", 0)),
                    cache_dir=train.get("cache_dir") or None, layout="sedd-kernels",
                    ema_decay=train.get("ema"), train=train)
+
+    @classmethod
+    def _ar_from_ours(cls, cfg, model, source):
+        """The autoregressive baseline's config: no graph, no noise; V = n + 1 (BOS)."""
+        n = int(cfg.get("n", model.vocab_size - 1))
+        if model.vocab_size != n + 1:
+            raise ConfigError(f"{source}: the autoregressive model over n = {n} tokens needs "
+                              f"vocab_size {n + 1} (with BOS), the model has {model.vocab_size}")
+        train = dict(cfg.get("train") or {})
+        data = train.get("data", cfg.get("data", "builtin"))
+        tokenizer = "builtin" if data == "builtin" else (train.get("tokenizer") or "gpt2")
+        return cls(model=model, graph=None, n=n, noise={}, tokenizer=tokenizer, data=data,
+                   seq_len=train.get("seq_len"), seed=int(train.get("seed", 0)),
+                   cache_dir=train.get("cache_dir") or None, layout="sedd-kernels",
+                   ema_decay=train.get("ema"), train=train)
+
+    @property
+    def autoregressive(self) -> bool:
+        return self.model.arch == "ar"
 
     @classmethod
     def _from_paper(cls, cfg, source):
@@ -209,15 +230,23 @@ class RunConfig:
         return self.model.vocab_size
 
     def build_graph(self):
+        """The graph (None for the autoregressive baseline)."""
+        if self.autoregressive:
+            return None
         from .graphs import get_graph
         return get_graph(self.graph, self.n)
 
     def build_noise(self):
+        """The noise schedule (None for the autoregressive baseline)."""
+        if self.autoregressive:
+            return None
         from .noise import get_noise
         return get_noise(**self.noise)
 
-    def build_model(self) -> DDiT:
-        return DDiT(self.model)
+    def build_model(self):
+        """The DDiT, or the autoregressive baseline (sedd.ar.ARModel) for model.arch = 'ar'."""
+        from .model import build_model
+        return build_model(self.model)
 
     def build_tokenizer(self, override: str | None = None):
         """The run's tokenizer (or `override`, a get_tokenizer spec such as gpt2:PATH.tiktoken
@@ -239,7 +268,7 @@ class RunConfig:
         return tok
 
     def check_tokenizer(self, tok, spec: str):
-        general = self.graph.startswith("general:")
+        general = bool(self.graph) and self.graph.startswith("general:")
         if (tok.n != self.n) if not general else (tok.n > self.n):
             raise ConfigError(f"tokenizer {spec!r} has {tok.n} tokens but the checkpoint's "
                               f"vocabulary has {self.n} real tokens (V = {self.V})")
@@ -256,6 +285,9 @@ class RunConfig:
         """The paper's hydra config (as its SEDD.from_pretrained reads config.json). Refuses what
         the paper's code cannot represent exactly."""
         m = self.model
+        if self.autoregressive:
+            raise ConfigError("the paper's code has no autoregressive model; save it with "
+                              "layout='sedd-kernels'")
         if self.graph not in GRAPHS:
             raise ConfigError(f"the paper's code has no graph {self.graph!r} (absorb or uniform)")
         if m.time_independent:

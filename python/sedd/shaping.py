@@ -37,6 +37,23 @@ def is_identity(temperature: float, top_p: float) -> bool:
     return temperature == 1.0 and top_p == 1.0
 
 
+def shaped_log_probs(ell: torch.Tensor, temperature: float = 1.0,
+                     top_p: float = 1.0) -> torch.Tensor:
+    """log q [R, V] of unnormalised log-weights rows `ell` [R, V] (−inf: excluded):
+    q ∝ e^{ℓ/T}, restricted to the smallest set of most likely entries whose mass reaches top_p
+    (the entry that crosses top_p is kept), renormalised. The one rule of temperature and top-p
+    for every sampler (the reverse steps' targets, the autoregressive baseline's next token)."""
+    logq = torch.log_softmax(ell / temperature, 1)
+    if top_p < 1:
+        sorted_q, order = torch.sort(logq, 1, descending=True)
+        before = torch.cumsum(sorted_q.exp(), 1) - sorted_q.exp()   # mass of the better ones
+        drop_sorted = before >= top_p                               # the crossing one stays
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+        logq = torch.log_softmax(logq.masked_fill(drop, -math.inf), 1)
+    return logq
+
+
 def shape_rows(rows: torch.Tensor, current: torch.Tensor, temperature: float = 1.0,
                top_p: float = 1.0) -> torch.Tensor:
     """Shape log-score rows [R, V] in place, excluding each row's current token `current` [R]
@@ -52,14 +69,7 @@ def shape_rows(rows: torch.Tensor, current: torch.Tensor, temperature: float = 1
         keep_cur = ell.gather(1, cur)
         ell.scatter_(1, cur, -math.inf)
         mass = torch.logsumexp(ell, 1, keepdim=True)
-        logq = torch.log_softmax(ell / temperature, 1)
-        if top_p < 1:
-            sorted_q, order = torch.sort(logq, 1, descending=True)
-            before = torch.cumsum(sorted_q.exp(), 1) - sorted_q.exp()   # mass of the better ones
-            drop_sorted = before >= top_p                               # the crossing one stays
-            drop_sorted[:, 0] = False
-            drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-            logq = torch.log_softmax(logq.masked_fill(drop, -math.inf), 1)
+        logq = shaped_log_probs(ell, temperature, top_p)
         out = torch.where(torch.isfinite(mass), logq + mass, ell)       # no mass: nothing to shape
         out.scatter_(1, cur, keep_cur)
         chunk.copy_(out)

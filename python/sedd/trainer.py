@@ -21,13 +21,12 @@ from .cli import available_memory, gib
 from .config import PRESETS, TrainConfig, estimate_memory
 from .data import load_corpus
 from .distributed import Distributed
-from .graphs import get_graph, graph_class
+from .graphs import get_graph
 from .hub import load_pretrained, read_run_config
-from .losses import batch_loss, likelihood_bound
 from .metrics import MetricsLogger, write_samples
-from .model import DDiT
+from .model import build_model
 from .noise import get_noise
-from .sampling import sample
+from .objectives import objective_for
 
 TRAIN_PRESETS = PRESETS        # the presets' one home is sedd.config
 __all__ = ["TRAIN_PRESETS", "TrainConfig", "Trainer"]
@@ -71,22 +70,27 @@ class Trainer:
             self._check_memory(cfg.model_config(init.V))
         elif cfg.data == "builtin":
             from .language import builtin_language
-            self._check_memory(cfg.model_config(graph_class(cfg.graph).vocab_size(builtin_language().n)))
+            self._check_memory(cfg.model_config(cfg.vocab_size(builtin_language().n)))
         self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
                                   cache_dir=cfg.cache_dir)
         tok = self.corpus.tokenizer
         if init is not None:
             init.check_tokenizer(tok, cfg.tokenizer if cfg.data != "builtin" else "builtin")
             self.graph, self.noise = init.build_graph(), init.build_noise()
+        elif cfg.model == "ar":
+            self.graph = self.noise = None
         else:
             self.graph, self.noise = get_graph(cfg.graph, tok.n), get_noise(cfg.noise)
             if self.graph.V < tok.n:
                 raise ValueError(f"--graph {cfg.graph}: Q has {self.graph.V} states but the "
                                  f"tokenizer has {tok.n} tokens")
-        self.model_cfg = cfg.model_config(self.graph.V)
+        self.model_cfg = cfg.model_config(self.graph.V if self.graph is not None else tok.n + 1)
         if cfg.data != "builtin" and init is None:
             self._check_memory(self.model_cfg)
-        self.model = DDiT(self.model_cfg).to(self.device)
+        self.model = build_model(self.model_cfg).to(self.device)
+        self.objective = objective_for(self.model, self.graph, self.noise,
+                                       use_reference=cfg.reference_loss,
+                                       fused_linear=cfg.fused_linear)
         if init is not None and not cfg.resume:
             p = load_pretrained(cfg.init_from, use_ema=cfg.init_weights == "ema")
             self.model.load_state_dict(p.model.state_dict(), strict=True)
@@ -115,6 +119,9 @@ class Trainer:
     # ---- checkpoints
     def config_dict(self) -> dict:
         """What the checkpoint's config.json holds (sedd.runconfig.RunConfig reads it back)."""
+        if self.graph is None:          # the autoregressive baseline: no graph, no noise
+            return {"train": dict(vars(self.cfg)), "model": self.model_cfg.to_dict(), "graph": None,
+                    "n": self.model_cfg.vocab_size - 1, "noise": {}, "data": self.cfg.data}
         return {"train": {k: v for k, v in vars(self.cfg).items()},
                 "model": self.model_cfg.to_dict(), "graph": self.graph.spec, "n": self.graph.n,
                 "noise": {"name": self.noise.name, **vars(self.noise)}, "data": self.cfg.data}
@@ -129,14 +136,15 @@ class Trainer:
         weights, ema, state, saved, path = read_training(self.cfg.out, map_location=self.device)
         # Settings that change what the weights mean must match (same shapes would load silently).
         saved_model = (saved or {}).get("model", {})
-        for key in ("parametrisation", "scale_by_sigma", "vocab_size", "hidden_size", "n_blocks",
-                    "n_heads", "cond_dim"):
-            was, now = saved_model.get(key, "score" if key == "parametrisation" else None), \
-                getattr(self.model_cfg, key)
+        defaults = {"parametrisation": "score", "arch": "ddit"}
+        for key in ("arch", "parametrisation", "scale_by_sigma", "vocab_size", "hidden_size",
+                    "n_blocks", "n_heads", "cond_dim"):
+            was, now = saved_model.get(key, defaults.get(key)), getattr(self.model_cfg, key)
             if was is not None and was != now:
                 raise ValueError(f"--resume: the checkpoint {path} was trained with {key} = "
                                  f"{was!r}, this run has {now!r}")
-        if (saved or {}).get("graph", self.graph.spec) != self.graph.spec:
+        spec = self.graph.spec if self.graph is not None else None
+        if (saved or {}).get("graph", spec) != spec:
             raise ValueError(f"--resume: the checkpoint {path} was trained with --graph "
                              f"{saved['graph']!r}, this run has {self.graph.spec!r}")
         self.step = apply_training(self.model, self.ema_model, self.opt, weights, ema, state)
@@ -186,9 +194,7 @@ class Trainer:
             x0 = self.batch(self.step, micro)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                 enabled=self.autocast):
-                loss = batch_loss(self.wrapped, x0, self.graph, self.noise, gen,
-                                  use_reference=cfg.reference_loss,
-                                  fused_linear=cfg.fused_linear, scale=1.0 / cfg.accum)
+                loss = self.objective.loss(self.wrapped, x0, gen, scale=1.0 / cfg.accum)
             loss.backward()
             total += loss.detach().float()
         return total
@@ -226,14 +232,13 @@ class Trainer:
                 break
             x0 = torch.stack([data[i] for i in range(lo, min(lo + cfg.batch_size, len(data)))])
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, 99, b))
-            losses.append(batch_loss(self.ema_model, x0.to(self.device), self.graph, self.noise,
-                                     gen, fused_linear=cfg.fused_linear).item())
+            losses.append(self.objective.eval_loss(self.ema_model, x0.to(self.device), gen).item())
         return sum(losses) / max(1, len(losses))
 
     def samples(self, num=4, steps=None):
         gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.cfg.seed, 5, self.step))
-        x = sample(self.ema_model, self.graph, self.noise, num, self.cfg.seq_len,
-                   steps or self.cfg.sample_steps, generator=gen, device=self.device)
+        x = self.objective.sample(self.ema_model, num, self.cfg.seq_len,
+                                  steps or self.cfg.sample_steps, gen, self.device)
         return x, [self.corpus.tokenizer.decode(row.tolist()) for row in x.cpu()]
 
     # ---- the loop
@@ -242,7 +247,7 @@ class Trainer:
         os.makedirs(cfg.out, exist_ok=True)
         if self.is_main:
             print(f"model: {self.model.num_parameters():,} non-embedding parameters, "
-                  f"V = {self.graph.V}, graph {self.graph.name}, noise {self.noise.name}, "
+                  f"V = {self.model_cfg.vocab_size}, {self.objective.describe()}, "
                   f"device {self.device}, world {self.world}")
         tokens_per_step = cfg.batch_size * cfg.accum * cfg.seq_len * self.world
         log = MetricsLogger(cfg.out, enabled=self.is_main, total_steps=cfg.steps,
@@ -289,15 +294,20 @@ class Trainer:
         valid = np.isfinite(nll_samples)
         data = self.corpus.valid
         x0 = torch.stack([data[i] for i in range(min(bound_sequences, len(data)))]).to(self.device)
-        bound, prior, _ = likelihood_bound(self.ema_model, x0, self.graph, self.noise, timesteps,
-                                            torch.Generator().manual_seed(_step_seed(self.cfg.seed, 11)))
+        bound, prior = self.objective.nll(self.ema_model, x0,
+                                          torch.Generator().manual_seed(_step_seed(self.cfg.seed, 11)),
+                                          timesteps)
         exact = -lang.log_likelihood(x0.cpu().numpy())
         per_tok = bound.mean().item() / L
         # the spread of the per-sequence estimates already holds their timestep noise
         stderr = bound.std().item() / math.sqrt(len(bound)) / L
-        print(f"\nheld-out likelihood bound: {per_tok:.4f} ± {stderr:.4f} nats/token "
-              f"(prior term {prior.mean().item() / L:.4f}; {timesteps} stratified timesteps)")
-        print(f"exact NLL of the same sequences: {exact.mean() / L:.4f} nats/token "
+        if self.objective.exact_likelihood:
+            print(f"\nheld-out NLL under the model (exact, autoregressive): {per_tok:.4f} ± "
+                  f"{stderr:.4f} nats/token")
+        else:
+            print(f"\nheld-out likelihood bound: {per_tok:.4f} ± {stderr:.4f} nats/token "
+                  f"(prior term {prior.mean().item() / L:.4f}; {timesteps} stratified timesteps)")
+        print(f"NLL of the same sequences under the true language: {exact.mean() / L:.4f} nats/token "
               f"(the language's entropy rate at L = {L}: {lang.entropy_rate(L)[0]:.4f})")
         print(f"gap: {per_tok - exact.mean() / L:.4f} nats/token")
         print(f"samples with positive probability under the true language: {valid.sum()}/"
