@@ -268,6 +268,18 @@ def test_with_grad_kernel_bad_input(device):
     with pytest.raises((RuntimeError, TypeError), match="grad must be a floating"):
         torch.ops.sedd.score_entropy_with_grad_(ls, xt, x0, sig, "uniform", None,
                                                 torch.zeros(2, 3, dtype=torch.long, device=device))
+    # overlapping memory (issue 13, defect 4): an expanded buffer would be written by every row
+    # that shares it; refused before anything is written
+    shared = ls[:1, :1].expand(2, 3, 7)
+    before = shared.clone()
+    with pytest.raises((RuntimeError, ValueError), match="must not have overlapping memory"):
+        torch.ops.sedd.score_entropy_with_grad_(shared, xt, x0, sig, "uniform")
+    assert torch.equal(shared, before)
+    strided = torch.empty(2, 5, 7, dtype=ls.dtype, device=device)[:, ::2]
+    strided.copy_(ls)               # strided rows, not overlapping: accepted, same result
+    ref = torch.ops.sedd.score_entropy_with_grad_(ls.clone(), xt, x0, sig, "uniform")
+    torch.testing.assert_close(torch.ops.sedd.score_entropy_with_grad_(strided, xt, x0, sig,
+                                                                       "uniform"), ref)
 
 
 # ---- argument checks

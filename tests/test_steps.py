@@ -58,6 +58,27 @@ def test_sample_categorical_tail(device):
     assert abs(hits - expected) <= 5 * math.sqrt(expected), hits
 
 
+@pytest.mark.parametrize("V", [2, 70])         # the scalar path and the 64-wide vector blocks
+def test_sample_categorical_extreme_weights(device, V):
+    """Weights at both ends of the range are drawn at their rate (issue 13, defect 2): two equal
+    weights of 3e38 (keys above FLT_MAX once E < 1, which pruned every later entry: 67/33), and
+    float64 weights of 1e-300 (below the float range: they rounded to 0 and could never win)."""
+    for big, dtype in [(3e38, torch.float32), (1e-300, torch.float64), (1e300, torch.float64)]:
+        w = torch.zeros(V, dtype=dtype)
+        w[0], w[V - 1] = big, big
+        g = torch.Generator(device=device).manual_seed(11)
+        out = sk.sample_categorical(w.to(device).expand(100_000, V), g).cpu()
+        assert set(out.unique().tolist()) <= {0, V - 1}
+        ok, info = chi2_ok(torch.bincount(out, minlength=V), w.double() / w.double().sum())
+        assert ok, (big, info)
+    w = torch.zeros(V, dtype=torch.float64)
+    w[0], w[1] = 1e-300, 3e-300                                 # 1 : 3 far below the float range
+    out = sk.sample_categorical(w.to(device).expand(100_000, V),
+                                torch.Generator(device=device).manual_seed(12)).cpu()
+    ok, info = chi2_ok(torch.bincount(out, minlength=V), w / w.sum())
+    assert ok, info
+
+
 def test_sample_categorical_shapes_and_determinism(device):
     w = torch.rand(3, 4, 50, device=device)
     a = sk.sample_categorical(w, torch.Generator(device=device).manual_seed(3))

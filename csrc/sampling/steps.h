@@ -26,6 +26,7 @@
 // Rows that cannot move read nothing: frozen positions, and absorbing positions with x ≠ M.
 #pragma once
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -109,9 +110,23 @@ SEDD_HOST_DEVICE void offer(Best& b, double f, uint32_t bits, int64_t idx) {
 // Can an entry with weight f and uniform u_f (≤ its exact u) still beat `bound` (≤ the best key)?
 SEDD_HOST_DEVICE bool may_win(float f, float u_f, float bound) { return f > 0.0f && f >= bound * u_f; }
 
-// A float bound not above the best key (for may_win).
+// A float bound not above the best key (for may_win). Keys above FLT_MAX (weights ≳ 4e28 with a
+// small exponential) clamp to FLT_MAX, still a lower bound of the best key: a float cast would
+// give +inf and prune every later finite entry.
 SEDD_HOST_DEVICE float bound_of(const Best& b) {
-  return b.idx < 0 ? 0.0f : static_cast<float>(b.key) * (1.0f - 1.0f / 65536.0f);
+  if (b.idx < 0) return 0.0f;
+  const double k = b.key * (1.0 - 1.0 / 65536.0);
+  return k < static_cast<double>(FLT_MAX) ? static_cast<float>(k) : FLT_MAX;
+}
+
+// A float not below a weight f ≥ 0 given in fp64, for may_win: positive weights below the float
+// range (float64 weights below ~1.2e-38, subnormal as floats, or below 1.4e-45, zero) become the
+// smallest normal float instead — still not below f, and not flushed to zero by FTZ/DAZ builds —
+// so they are offered to the fp64 race rather than pruned as zero.
+SEDD_HOST_DEVICE float f_upper(double f) {
+  if (!(f > 0.0)) return 0.0f;
+  const float u = static_cast<float>(f) * (1.0f + 1e-6f);
+  return u >= FLT_MIN ? u : FLT_MIN;
 }
 
 // Final choice of a moving row: the special entry against the best of the others.

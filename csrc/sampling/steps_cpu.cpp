@@ -83,7 +83,7 @@ RaceOut race_row(const T* row, int64_t V, int64_t skip, bool two_pass, double ga
     }
     o.sum += s;
     const double f = two_pass ? (s - gamma > 0.0 ? s - gamma : 0.0) : s;
-    if (steps::may_win(static_cast<float>(f) * (1.0f + 1e-6f), steps::u_lower(bits), bound)) {
+    if (steps::may_win(steps::f_upper(f), steps::u_lower(bits), bound)) {
       steps::offer(o.best, f, bits, y);
       bound = steps::bound_of(o.best);
     }

@@ -77,7 +77,7 @@ __device__ void race_part(const T* __restrict__ row, int V, int skip, bool two_p
     bad |= !(s >= A(0));
     psum += s;
     const A f = two_pass ? (s - static_cast<A>(gamma) > A(0) ? s - static_cast<A>(gamma) : A(0)) : s;
-    if (steps::may_win(static_cast<float>(f) * (1.0f + 1e-6f), steps::u_lower(bits), bound)) {
+    if (steps::may_win(steps::f_upper(f), steps::u_lower(bits), bound)) {
       steps::offer(best, static_cast<double>(f), bits, y);
       bound = steps::bound_of(best);
     }

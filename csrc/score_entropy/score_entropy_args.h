@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <optional>
 
@@ -84,9 +85,20 @@ struct RowTensors {
   const double* grad_ptr() const { return grad.defined() ? grad.data_ptr<double>() : nullptr; }
 };
 
+// score_entropy_with_grad_ writes its gradient into log_score: every element must have memory of
+// its own (an expanded or otherwise self-overlapping tensor would be written by several rows at
+// once, a race on CUDA and a wrong gradient anywhere).
+inline void check_in_place(const char* op, const at::Tensor& log_score) {
+  SEDD_CHECK_VALUE(at::has_internal_overlap(log_score) != at::MemOverlap::Yes, op,
+                   ": log_score is overwritten in place and must not have overlapping memory "
+                   "(an expanded or broadcast tensor), got strides ", ints_str(log_score.strides()),
+                   " for shape ", shape_str(log_score), "; pass log_score.contiguous()");
+}
+
 inline RowTensors row_tensors(const char* op, const at::Tensor& log_score, const Args& a,
                               const std::optional<at::Tensor>& offset,
                               const std::optional<at::Tensor>& grad) {
+  check_in_place(op, log_score);
   check_row_tensor(op, offset, "offset", log_score, a);
   check_row_tensor(op, grad, "grad", log_score, a);
   RowTensors t;

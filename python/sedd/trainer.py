@@ -57,6 +57,18 @@ class _StopOnSignal:
             signal.signal(s, h)
 
 
+def adamw(params, lr: float) -> torch.optim.Optimizer:
+    """AdamW (β = 0.9, 0.999, ε = 1e-8, no weight decay) with torch's fused kernel where the
+    parameters' device has one (CPU and CUDA): one vectorised pass over every parameter instead
+    of a Python loop of ~10 ops per parameter; else the foreach implementation."""
+    params = list(params)
+    kw = dict(lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, ValueError, TypeError):     # a device or dtype without the fused kernel
+        return torch.optim.AdamW(params, foreach=True, **kw)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
@@ -97,8 +109,7 @@ class Trainer:
             if self.is_main:
                 print(f"initialised from {p.path} ({p.weights} weights, {init.layout} layout)")
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
-                                     eps=1e-8, weight_decay=0.0)
+        self.opt = adamw(self.model.parameters(), cfg.lr)
         self.step = 0
         self.ckpt_root = os.path.join(cfg.out, "checkpoints")
         if cfg.resume:
@@ -200,7 +211,10 @@ class Trainer:
         return total
 
     def clip(self) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        """The gradient norm, clipped to --grad-clip: one foreach norm and one foreach scale over
+        all gradients (no per-parameter loop), the norm left on the device."""
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip,
+                                              foreach=True)
 
     def optimizer_step(self):
         """AdamW, then the EMA; the step count moves on."""
