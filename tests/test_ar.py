@@ -102,7 +102,6 @@ def test_cached_logits_equal_the_full_forward():
 def test_samples_follow_the_model_distribution():
     """Chi-square of 40 000 two-token samples against the model's exact joint p(x_1) p(x_2 | x_1)
     (25 outcomes); and top-p = 0.5 never draws a token outside the first position's nucleus."""
-    from scipy.stats import chisquare
     m = tiny_ar(n=5, L=2)
     N = 40_000
     x = ar_sample(m, N, 2, generator=torch.Generator().manual_seed(0))
@@ -110,7 +109,9 @@ def test_samples_follow_the_model_distribution():
     p = torch.exp(-m.nll(grid)).numpy()
     assert abs(p.sum() - 1) < 1e-12
     counts = np.bincount((x[:, 0] * 5 + x[:, 1]).numpy(), minlength=25)
-    assert chisquare(counts, p * N).pvalue > 1e-4
+    expected = p * N                    # Pearson's statistic within mean + 6 sd (24 dof)
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    assert stat <= 24 + 6 * math.sqrt(48), stat
     first = torch.softmax(m(grid[:1])[0, 0], 0)
     order = torch.argsort(first, descending=True)
     keep = order[:int((torch.cumsum(first[order], 0) - first[order] < 0.5).sum())]
