@@ -48,6 +48,40 @@ def default_chunk(N: int, H: int, V: int, element_size: int, device: torch.devic
     return int(max(1, min(chunk, N)))
 
 
+def check_projection(op: str, hidden: Tensor, weight, bias) -> int:
+    """The output projection's arguments of a fused loss (hidden [..., H], weight [V, H], bias
+    [V] or None): shapes, floating dtypes, one device; returns V."""
+    H = hidden.shape[-1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != H:
+        raise ValueError(f"{op}: weight must have shape [V, H] with H = {H}, got "
+                         f"{list(getattr(weight, 'shape', []))}")
+    V = weight.shape[0]
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V):
+        raise ValueError(f"{op}: bias must have shape [V] = [{V}], got {list(bias.shape)}")
+    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16,
+                                             torch.float64):
+            raise TypeError(f"{op}: {name} must be float32, bfloat16, float16 or float64, got "
+                            f"{t.dtype}")
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{op}: {name} must be on the same device as hidden "
+                             f"({hidden.device}), got {t.device}")
+    return V
+
+
+def projection_dtype(op: str, hidden: Tensor, weight: Tensor, bias) -> Optional[torch.dtype]:
+    """The dtype of the chunk products: autocast's (None outside autocast, where hidden, weight
+    and bias must share a dtype)."""
+    dt = hidden.device.type
+    if torch.is_autocast_enabled(dt) and hidden.dtype != torch.float64:
+        return torch.get_autocast_dtype(dt)
+    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
+        raise TypeError(f"{op}: hidden, weight and bias must share a dtype outside autocast, "
+                        f"got {hidden.dtype}, {weight.dtype}, "
+                        f"{None if bias is None else bias.dtype}")
+    return None
+
+
 _OUT_DTYPE_MM = {}   # device type -> does torch.addmm(out_dtype=, out=) work there?
 
 
@@ -256,20 +290,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
         raise ValueError(f"{_OP}: hidden must have shape [B, L, H], got "
                          f"{list(getattr(hidden, 'shape', []))}")
     B, L, H = hidden.shape
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != H:
-        raise ValueError(f"{_OP}: weight must have shape [V, H] with H = {H}, got "
-                         f"{list(getattr(weight, 'shape', []))}")
-    V = weight.shape[0]
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V):
-        raise ValueError(f"{_OP}: bias must have shape [V] = [{V}], got {list(bias.shape)}")
-    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16,
-                                             torch.float64):
-            raise TypeError(f"{_OP}: {name} must be float32, bfloat16, float16 or float64, got "
-                            f"{t.dtype}")
-        if t is not None and t.device != hidden.device:
-            raise ValueError(f"{_OP}: {name} must be on the same device as hidden "
-                             f"({hidden.device}), got {t.device}")
+    V = check_projection(_OP, hidden, weight, bias)
     for name, t in (("x_t", x_t), ("x_0", x_0)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.long or tuple(t.shape) != (B, L):
             raise ValueError(f"{_OP}: {name} must be an int64 tensor of shape [B, L] = [{B}, {L}],"
@@ -290,14 +311,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
     if validate:   # token ranges and σ > 0 for every row (the kernel only sees the active ones)
         check_loss_values(_OP, V, x_t, x_0, sig, graph)
 
-    dt = hidden.device.type
-    compute_dtype = None
-    if torch.is_autocast_enabled(dt) and hidden.dtype != torch.float64:
-        compute_dtype = torch.get_autocast_dtype(dt)
-    elif weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
-        raise TypeError(f"{_OP}: hidden, weight and bias must share a dtype outside autocast, "
-                        f"got {hidden.dtype}, {weight.dtype}, "
-                        f"{None if bias is None else bias.dtype}")
+    compute_dtype = projection_dtype(_OP, hidden, weight, bias)
     rows_sigma = sig.to(torch.float64)[:, None].expand(B, L).reshape(B * L)
     offset = None if logit_offset is None else _per_row(logit_offset, B, L, "logit_offset",
                                                         hidden.device)

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .linear import _accumulate, default_chunk
+from .linear import _accumulate, check_projection, default_chunk, projection_dtype
 
 _OP = "linear_cross_entropy"
 
@@ -156,20 +156,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
         raise ValueError(f"{_OP}: hidden must be a tensor of shape [..., H]")
     H = hidden.shape[-1]
     lead = tuple(hidden.shape[:-1])
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != H:
-        raise ValueError(f"{_OP}: weight must have shape [V, H] with H = {H}, got "
-                         f"{list(getattr(weight, 'shape', []))}")
-    V = weight.shape[0]
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V):
-        raise ValueError(f"{_OP}: bias must have shape [V] = [{V}], got {list(bias.shape)}")
-    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16,
-                                             torch.float64):
-            raise TypeError(f"{_OP}: {name} must be float32, bfloat16, float16 or float64, got "
-                            f"{t.dtype}")
-        if t is not None and t.device != hidden.device:
-            raise ValueError(f"{_OP}: {name} must be on the same device as hidden "
-                             f"({hidden.device}), got {t.device}")
+    V = check_projection(_OP, hidden, weight, bias)
     if not isinstance(target, torch.Tensor) or target.dtype != torch.long or \
             tuple(target.shape) != lead:
         raise ValueError(f"{_OP}: target must be an int64 tensor of shape {list(lead)} (hidden's "
@@ -188,14 +175,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
             v = int(target[bad][0])
             raise ValueError(f"{_OP}: target must hold class ids in [0, V) = [0, {V}) or "
                              f"ignore_index = {ignore_index}, got {v}")
-    dt = hidden.device.type
-    compute_dtype = None
-    if torch.is_autocast_enabled(dt) and hidden.dtype != torch.float64:
-        compute_dtype = torch.get_autocast_dtype(dt)
-    elif weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
-        raise TypeError(f"{_OP}: hidden, weight and bias must share a dtype outside autocast, "
-                        f"got {hidden.dtype}, {weight.dtype}, "
-                        f"{None if bias is None else bias.dtype}")
+    compute_dtype = projection_dtype(_OP, hidden, weight, bias)
     N = target.numel()
     acc = torch.float64 if (compute_dtype or hidden.dtype) == torch.float64 else torch.float32
     flat_t = target.reshape(N)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import sedd_kernels as sk
 
-from .model import EmbeddingLayer, LayerNorm, ModelConfig, Rotary, apply_rotary
+from .model import BlockLayers, EmbeddingLayer, LayerNorm, ModelConfig, Rotary
 from .shaping import check_shaping, shaped_log_probs
 
 
@@ -45,28 +45,12 @@ class KVCache:
         return self.k.shape[3]
 
 
-class CausalBlock(nn.Module):
+class CausalBlock(BlockLayers):
     """The DDiT block without adaLN: x + attn(LN(x)), then x + MLP(LN(x)); causal attention."""
-
-    def __init__(self, dim, n_heads, mlp_ratio=4, dropout=0.1):
-        super().__init__()
-        self.n_heads = n_heads
-        self.norm1 = LayerNorm(dim)
-        self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.attn_out = nn.Linear(dim, dim, bias=False)
-        self.norm2 = LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim, bias=True),
-                                 nn.GELU(approximate="tanh"),
-                                 nn.Linear(mlp_ratio * dim, dim, bias=True))
-        self.dropout = dropout
 
     def forward(self, x, rotary, cache: KVCache | None = None, layer: int = 0):
         B, L, D = x.shape
-        qkv = self.attn_qkv(self.norm1(x)).view(B, L, 3, self.n_heads, D // self.n_heads)
-        cos, sin = (r.to(qkv.dtype) for r in rotary)
-        q = apply_rotary(qkv[:, :, 0], cos, sin).transpose(1, 2)
-        k = apply_rotary(qkv[:, :, 1], cos, sin).transpose(1, 2)
-        v = qkv[:, :, 2].transpose(1, 2)
+        q, k, v = self.qkv(self.norm1(x), rotary)
         if cache is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

@@ -148,8 +148,11 @@ class EmbeddingLayer(nn.Module):
         return self.embedding[x]
 
 
-class DDiTBlock(nn.Module):
-    def __init__(self, dim, n_heads, cond_dim, mlp_ratio=4, dropout=0.1):
+class BlockLayers(nn.Module):
+    """The layers every transformer block here has, in the paper's registration order (norm1,
+    attn_qkv, attn_out, norm2, mlp): the DDiT's block adds adaLN, the AR baseline's nothing."""
+
+    def __init__(self, dim, n_heads, mlp_ratio=4, dropout=0.1):
         super().__init__()
         self.n_heads = n_heads
         self.norm1 = LayerNorm(dim)
@@ -160,6 +163,20 @@ class DDiTBlock(nn.Module):
                                  nn.GELU(approximate="tanh"),
                                  nn.Linear(mlp_ratio * dim, dim, bias=True))
         self.dropout = dropout
+
+    def qkv(self, h, rotary):
+        """q, k (rotary applied), v of the normalised input h [B, L, D]: [B, heads, L, D/heads]."""
+        B, L, D = h.shape
+        qkv = self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads)
+        cos, sin = (r.to(qkv.dtype) for r in rotary)
+        q = apply_rotary(qkv[:, :, 0], cos, sin)
+        k = apply_rotary(qkv[:, :, 1], cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+
+class DDiTBlock(BlockLayers):
+    def __init__(self, dim, n_heads, cond_dim, mlp_ratio=4, dropout=0.1):
+        super().__init__(dim, n_heads, mlp_ratio, dropout)
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim, bias=True)
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
@@ -172,13 +189,8 @@ class DDiTBlock(nn.Module):
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
          gate_mlp) = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
         skip = x
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
-        qkv = self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads)
-        cos, sin = rotary
-        q = apply_rotary(qkv[:, :, 0], cos.to(qkv.dtype), sin.to(qkv.dtype))
-        k = apply_rotary(qkv[:, :, 1], cos.to(qkv.dtype), sin.to(qkv.dtype))
-        v = qkv[:, :, 2]
-        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        q, k, v = self.qkv(modulate(self.norm1(x), shift_msa, scale_msa), rotary)
+        h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(1, 2).reshape(B, L, D)
         x = self._residual(self.attn_out(h), gate_msa, skip)
         return self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x)
