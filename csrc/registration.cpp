@@ -27,10 +27,12 @@ TORCH_LIBRARY(sedd, m) {
   m.def("sample_categorical(Tensor weights, int seed, int offset) -> Tensor");
   // SEDD.md §6: one reverse step on log-scores [B, L, V] from tokens x [B, L];
   // kind "euler" (dsigma = Δt·σ̇), "analytic" (dsigma = σ̄(t) − σ̄(t − Δt)) or "denoise"
-  // (dsigma = σ̄(t)); frozen [B, L] bool marks positions that keep their token.
+  // (dsigma = σ̄(t)); frozen [B, L] bool marks positions that keep their token; bias [V] and
+  // shift [B] are added to the log-scores, (log_score + bias) + shift (the output projection's
+  // bias and the network's scale_by_sigma offset, unmaterialised).
   m.def(
       "reverse_step(Tensor log_score, Tensor x, Tensor dsigma, str graph, str kind, int seed, "
-      "int offset, Tensor? frozen=None) -> Tensor");
+      "int offset, Tensor? frozen=None, Tensor? shift=None, Tensor? bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sedd, CPU, m) {

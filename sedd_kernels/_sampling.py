@@ -53,7 +53,8 @@ def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None, *,
                        validate: bool | None = None) -> torch.Tensor:
     """Indices ~ Categorical(weights / Σ weights) over the last dimension, by the exponential race
-    argmax_y w_y / E_y with E_y = −log1p(−u_y) in float64 from 32 random bits (SEDD.md §6).
+    argmin_y E_y / w_y (SEDD.md §6) run with exponential jumps: O(log V) float64 random numbers of
+    53 bits per row, not one per entry (csrc/sampling/steps.h, "The jump race").
     ``weights``: non-negative, not NaN, at least one positive entry per row."""
     if want_validate(validate, weights) and weights.numel():
         if not bool(((weights >= 0) & ~torch.isnan(weights)).all()):
@@ -65,43 +66,63 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
 
 
 def reverse_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None, *,
-                 validate=None):
+                 shift=None, bias=None, validate=None):
     """One reverse step of ``kind`` ("euler", "analytic" or "denoise"; see those functions)."""
     if kind not in KINDS:
         raise ValueError(f"reverse_step: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return _step(kind, log_score, x, dsigma, graph, generator, frozen, validate)
+    return _step(kind, log_score, x, dsigma, graph, generator, frozen, shift, bias, validate)
 
 
-def _step(kind, log_score, x, dsigma, graph, generator, frozen, validate):
+def _step(kind, log_score, x, dsigma, graph, generator, frozen, shift, bias, validate):
     op = kind + "_step"
     graph = graph_name(op, graph)
     dsigma = sigma_vector(dsigma, log_score)
-    same_device(op, log_score, "log_score", x=x, dsigma=dsigma, frozen=frozen)
+    if shift is not None:
+        shift = sigma_vector(shift, log_score)
+    same_device(op, log_score, "log_score", x=x, dsigma=dsigma, frozen=frozen, shift=shift,
+                bias=bias)
     if want_validate(validate, log_score):
         check_tokens(op, x, log_score.shape[-1])
         check_nonneg(op, dsigma, "dsigma")
     seed, offset = philox_seed_offset(generator, log_score.device)
-    return torch.ops.sedd.reverse_step(log_score, x, dsigma, graph, kind, seed, offset, frozen)
+    return torch.ops.sedd.reverse_step(log_score, x, dsigma, graph, kind, seed, offset, frozen,
+                                       shift, bias)
 
 
-def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, validate=None):
+_SHIFT_DOC = """
+    ``bias`` [V] and ``shift`` [B] (or a number): the log-scores read are
+    ``(log_score + bias) + shift`` in their accumulation type (fp32 for fp32/bf16/fp16) — the
+    output projection's bias and the network's scale_by_sigma offset, so that the bare product
+    ``h @ Wᵀ`` can be stepped on without materialising the [B, L, V] log-scores again. The
+    log-score at the current token is ignored (taken as 0) either way."""
+
+
+def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shift=None,
+               bias=None, validate=None):
     """One Euler (τ-leaping) step, SEDD.md §6, with ``dsigma = Δt·σ̇(t)`` per sequence: weights
     Δt·σ̇·Q[x, y]·s_y for y ≠ x and 1 − Σ of them for x (negatives count as 0). Returns new tokens
     [B, L]. ``frozen`` [B, L] bool: positions that keep their token. The score at the current token
     is taken as 1 whatever ``log_score`` holds there."""
-    return _step("euler", log_score, x, dsigma, graph, generator, frozen, validate)
+    return _step("euler", log_score, x, dsigma, graph, generator, frozen, shift, bias, validate)
 
 
-def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, validate=None):
+def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shift=None,
+                  bias=None, validate=None):
     """One analytic (Tweedie τ-leaping) step, SEDD.md §6, with ``dsigma = σ̄(t) − σ̄(t − Δt)``:
     weights stag_y · exp(δQ)[x, y] with the staggered score stag = exp(−δQ)·s."""
-    return _step("analytic", log_score, x, dsigma, graph, generator, frozen, validate)
+    return _step("analytic", log_score, x, dsigma, graph, generator, frozen, shift, bias,
+                 validate)
 
 
-def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None, *, validate=None):
+def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None, *, shift=None,
+                 bias=None, validate=None):
     """The final denoising step, SEDD.md §6: the analytic step with δ = σ̄(t) all the way to σ = 0;
     for the absorbing graph the mask column is dropped, so the output never holds the mask."""
-    return _step("denoise", log_score, x, sigma, graph, generator, frozen, validate)
+    return _step("denoise", log_score, x, sigma, graph, generator, frozen, shift, bias, validate)
+
+
+for _f in (reverse_step, euler_step, analytic_step, denoise_step):
+    _f.__doc__ += _SHIFT_DOC
 
 
 def transition(x: torch.Tensor, sigma, graph, num_tokens: int) -> torch.Tensor:
@@ -143,7 +164,8 @@ def _sample_categorical_fake(weights, seed, offset):
 
 
 @torch.library.register_fake("sedd::reverse_step")
-def _reverse_step_fake(log_score, x, dsigma, graph, kind, seed, offset, frozen=None):
+def _reverse_step_fake(log_score, x, dsigma, graph, kind, seed, offset, frozen=None, shift=None,
+                       bias=None):
     return torch.empty_like(x)
 
 

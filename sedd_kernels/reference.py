@@ -289,14 +289,21 @@ def step_weights(log_score, x, dsigma, graph, kind, frozen=None):
     return w / w.sum(-1, keepdim=True)
 
 
-def _paper_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None):
+def _paper_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None, shift=None,
+                bias=None):
     """A reverse step as the paper's code computes it, dense over [B, L, V] (any V): exp of the
-    log-scores, the staggered score and the transition row in closed form, the product, and the
-    race in float64 (instead of its float32 Gumbel noise)."""
+    log-scores (as (log_score + bias) + shift when given), the staggered score and the transition
+    row in closed form, the product, and the race in float64 (instead of its float32 Gumbel
+    noise)."""
     graph = _graph_name(graph)
     B, L, V = log_score.shape
     d = _sigma(dsigma, B, log_score.device, torch.float32)[:, None, None]
-    score = log_score.float().exp()
+    ls = log_score.float()
+    if bias is not None:
+        ls = ls + bias.float()
+    if shift is not None:
+        ls = ls + _sigma(shift, B, log_score.device, torch.float32)[:, None, None]
+    score = ls.exp()
     score = score.scatter(-1, x[..., None], 1.0)                   # s_x = 1
     onehot = torch.nn.functional.one_hot(x, V).float()
     if kind == "euler":
@@ -326,18 +333,22 @@ def _paper_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None):
     return new
 
 
-def reverse_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None):
+def reverse_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None, *, shift=None,
+                 bias=None):
     """The reference twin of sedd_kernels.reverse_step (the paper's dense formulas)."""
-    return _paper_step(log_score, x, dsigma, graph, kind, generator, frozen)
+    return _paper_step(log_score, x, dsigma, graph, kind, generator, frozen, shift, bias)
 
 
-def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None):
-    return _paper_step(log_score, x, dsigma, graph, "euler", generator, frozen)
+def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shift=None,
+               bias=None):
+    return _paper_step(log_score, x, dsigma, graph, "euler", generator, frozen, shift, bias)
 
 
-def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None):
-    return _paper_step(log_score, x, dsigma, graph, "analytic", generator, frozen)
+def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shift=None,
+                  bias=None):
+    return _paper_step(log_score, x, dsigma, graph, "analytic", generator, frozen, shift, bias)
 
 
-def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None):
-    return _paper_step(log_score, x, sigma, graph, "denoise", generator, frozen)
+def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None, *, shift=None,
+                 bias=None):
+    return _paper_step(log_score, x, sigma, graph, "denoise", generator, frozen, shift, bias)

@@ -79,6 +79,61 @@ def test_sample_categorical_extreme_weights(device, V):
     assert ok, info
 
 
+def test_sample_categorical_tiny_and_infinite_weights(device):
+    """A row whose only positive weight is tiny (float64 1e-300 … the smallest subnormal) always
+    draws it (the race used to refuse such rows at random: "needs a positive entry"); an infinite
+    weight always wins, the first of several."""
+    for tiny in (1e-46, 1e-300, 1e-320, 5e-324):
+        w = torch.zeros(100, dtype=torch.float64)
+        w[37] = tiny
+        out = sk.sample_categorical(w.to(device).expand(20_000, 100),
+                                    torch.Generator(device=device).manual_seed(2))
+        assert (out == 37).all(), tiny
+    w = torch.tensor([1.0, float("inf"), 2.0, float("inf")], device=device)
+    assert (sk.sample_categorical(w.expand(1000, 4)) == 1).all()
+    w = torch.tensor([1e-300, 1.0, 1e300], dtype=torch.float64, device=device)
+    assert (sk.sample_categorical(w.expand(1000, 3)) == 2).all()
+
+
+# The jump race runs one race per segment of steps.h's kSegment = 8192 entries: these rows span
+# several, with the heavy entries in different segments.
+SEGMENT = 8192
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sample_categorical_across_segments(device, dtype):
+    """3·10^5 draws over V = 20000 (three segments, the last one partial) match the probabilities
+    in 50 groups of 400 entries; a few heavy entries sit at segment edges and inside the last."""
+    V, N = 20_000, 300_000
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(V, generator=g, dtype=torch.float64) ** 4
+    w[[0, SEGMENT - 1, SEGMENT, 2 * SEGMENT + 7, V - 1]] = torch.tensor([30.0, 50.0, 20.0, 80.0, 40.0],
+                                                                      dtype=torch.float64)
+    w = w.to(dtype)
+    out = sk.sample_categorical(w.to(device).expand(N, V),
+                                torch.Generator(device=device).manual_seed(6)).cpu()
+    groups = torch.bincount(out // 400, minlength=V // 400)
+    p = w.double().reshape(V // 400, 400).sum(1)
+    ok, info = chi2_ok(groups, p / p.sum())
+    assert ok, info
+    for y in (0, SEGMENT - 1, SEGMENT, 2 * SEGMENT + 7, V - 1):   # the heavy entries one by one
+        rate = float(w.double()[y] / w.double().sum())
+        hits = int((out == y).sum())
+        assert abs(hits - N * rate) <= 6 * math.sqrt(N * rate), (y, hits, N * rate)
+
+
+def test_sample_categorical_segments_deterministic_across_threads():
+    w = torch.rand(16, 20_000)
+    a = sk.sample_categorical(w, torch.Generator().manual_seed(1))
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = sk.sample_categorical(w, torch.Generator().manual_seed(1))
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(a, b)
+
+
 def test_sample_categorical_shapes_and_determinism(device):
     w = torch.rand(3, 4, 50, device=device)
     a = sk.sample_categorical(w, torch.Generator(device=device).manual_seed(3))
@@ -177,6 +232,87 @@ def test_step_distribution(device, graph, kind, V):
     assert ok, info
     if graph == "absorb" and kind == "denoise":
         assert (out != V - 1).all()
+
+
+def _closed_form_weights(ls, x, delta, graph, kind):
+    """The step's probabilities [V] in float64 from SEDD.md §6's closed forms (for V too large
+    for the dense matrix exponentials of reference.step_weights); ls [1, 1, V], x [1, 1]."""
+    V = ls.shape[-1]
+    s = ls.double().exp()[0, 0]
+    xi = int(x)
+    s[xi] = 1.0
+    d = torch.tensor(delta, dtype=torch.float64)
+    if graph == "absorb":               # x = M: (e^δ − 1)·s_y, or δ·s_y (Euler); the rest stays
+        f = torch.expm1(d) if kind == "analytic" else d
+        w = f * s
+        w[xi] = (1 - f * (s.sum() - 1)).clamp_min(0)
+    elif kind == "euler":
+        w = d / V * s
+        w[xi] = (1 - d / V * (s.sum() - 1)).clamp_min(0)
+    else:
+        stag = sk.staggered_score(s[None, None], d[None], "uniform")[0, 0]
+        w = (stag * sk.transition(x, d[None], "uniform", V)[0, 0]).clamp_min(0)
+    return w / w.sum()
+
+
+@pytest.mark.parametrize("graph, kind", [("absorb", "analytic"), ("absorb", "euler"),
+                                         ("uniform", "euler"), ("uniform", "analytic")])
+def test_step_distribution_across_segments(device, graph, kind):
+    """One position with V = 20000 (three race segments) repeated 2·10^5 times: the next-token
+    frequencies match the closed-form probabilities in 40 groups of 500 tokens, the special entry
+    (the mask, or x) on its own; the steps add `shift` themselves (here −2.5)."""
+    V, N, shift = 20_000, 200_000, -2.5
+    g = torch.Generator().manual_seed(9)
+    ls = torch.randn(1, 1, V, generator=g, dtype=torch.float64) * 1.5
+    x = torch.tensor([[V - 1 if graph == "absorb" else 12_345]])
+    delta = 1e-4 if graph == "absorb" else 0.5
+    probs = _closed_form_weights(ls + shift, x, delta, graph, kind)
+    out = STEP[kind](ls.float().to(device).expand(1, N, V), x.to(device).expand(1, N).contiguous(),
+                     torch.tensor([delta], device=device), graph,
+                     torch.Generator(device=device).manual_seed(10),
+                     shift=torch.tensor([shift], device=device)).cpu().flatten()
+    sp = int(x)
+    rest = probs.clone()
+    rest[sp] = 0
+    groups = torch.bincount(out[out != sp] // 500, minlength=V // 500)
+    ok, info = chi2_ok(torch.cat([groups, (out == sp).sum()[None]]),
+                       torch.cat([rest.reshape(V // 500, 500).sum(1), probs[sp][None]]))
+    assert ok, info
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bias_and_shift_are_the_materialised_log_scores(device, graph, kind, dtype, with_bias):
+    """step(prod, bias=b, shift=c) draws exactly the tokens of step((prod + b) + c with 0 at the
+    current token): the network's forward() without its [B, L, V] passes (same numbers, same
+    draws)."""
+    B, L, V = 2, 40, 300
+    g = torch.Generator().manual_seed(3)
+    prod = (torch.randn(B, L, V, generator=g) * 2).to(dtype)
+    x = torch.randint(0, V, (B, L), generator=g)
+    if graph == "absorb":
+        x[:, ::2] = V - 1
+    c = torch.tensor([-3.25, 1.5])
+    b = torch.randn(V, generator=g) if with_bias else None
+    full = prod.float() + b if with_bias else prod.float()
+    full = (full + c[:, None, None]).scatter(-1, x[..., None], 0.0)
+    d = torch.tensor([0.2, 0.7])
+    on = (lambda t: None if t is None else t.to(device))
+    a = STEP[kind](full.to(device), x.to(device), d.to(device), graph,
+                   torch.Generator(device=device).manual_seed(4))
+    f = STEP[kind](prod.to(device), x.to(device), d.to(device), graph,
+                   torch.Generator(device=device).manual_seed(4), shift=c.to(device), bias=on(b))
+    assert torch.equal(a, f)
+    r = R.reverse_step(prod, x, d, graph, kind, torch.Generator().manual_seed(4), shift=c, bias=b)
+    assert torch.equal(r, R.reverse_step(full, x, d, graph, kind, torch.Generator().manual_seed(4)))
+    with pytest.raises(ValueError, match=r"shift must have shape \[B\]"):
+        torch.ops.sedd.reverse_step(prod.to(device), x.to(device), d.to(device), graph, kind, 0, 0,
+                                    None, torch.zeros(3, device=device))
+    with pytest.raises(ValueError, match=r"bias must have shape \[V\]"):
+        torch.ops.sedd.reverse_step(prod.to(device), x.to(device), d.to(device), graph, kind, 0, 0,
+                                    None, None, torch.zeros(V + 1, device=device))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -294,6 +430,8 @@ def test_opcheck(device):
     for kind in KINDS:
         torch.library.opcheck(torch.ops.sedd.reverse_step.default,
                               (ls, x, d, "uniform", kind, 5, 0, frozen))
+        torch.library.opcheck(torch.ops.sedd.reverse_step.default,
+                              (ls, x, d, "absorb", kind, 5, 0, None, d.float(), ls[0, 0]))
     torch.library.opcheck(torch.ops.sedd.sample_categorical.default, (ls.exp(), 3, 4))
     torch.library.opcheck(torch.ops.sedd.perturb.default, (x, d, "absorb", 71, 1, 2))
 

@@ -17,11 +17,11 @@
 //     γ needs S before any weight: the row is read twice (the second read hits cache on the
 //     CPU; on the GPU it is one more read of the row).
 //
-// Sampling is the exponential race: y* = argmax_y w_y / E_y with E_y = −log1p(−u_y) in fp64 from
-// 32 Philox bits of (seed, offset, row, y). The common factor is left out of the non-special keys
-// (f_y / E_y with f = s or max(0, s − γ)) and put back when the special entry's key is compared.
-// Ties go to the smaller index. Keys that cannot win are skipped before the logarithm: E ≥ u, so
-// f_y / E_y ≤ f_y / u_y, and only entries with f_y ≥ best·u_y get their exact key.
+// Sampling is an exponential race, y* = argmin_y E_y / w_y with E_y ~ Exp(1) i.i.d. (SEDD.md §6),
+// run with exponential jumps (Efraimidis & Spirakis's A-ExpJ for a reservoir of one, in the
+// clock form), so that a row needs O(log V) random numbers instead of one per entry; see "The
+// jump race" below. The common factor is left out of the non-special weights (the race runs on
+// f_y = s or max(0, s − γ)) and put back when the special entry is settled after the row sum.
 //
 // Rows that cannot move read nothing: frozen positions, and absorbing positions with x ≠ M.
 #pragma once
@@ -91,60 +91,135 @@ SEDD_HOST_DEVICE double special_weight(const Plan& p, double S_other) {
   return w > 0.0 ? w : 0.0;
 }
 
-// A race candidate: key = f / E (fp64) and index; larger key wins, ties to the smaller index.
-struct Best {
-  double key;
-  int64_t idx;
+// ---- The jump race -------------------------------------------------------------------------
+//
+// Every entry y with weight f_y > 0 gets a clock E_y / f_y, E_y ~ Exp(1); the smallest wins. With
+// the leader's clock T (rate λ = 1/T, λ = 0 before the first positive entry), a later entry beats
+// it with probability 1 − e^{−f_y·T}, independently of the others; so the first entry to beat it
+// is found without touching a random number per entry: draw X ~ Exp(1) and walk on until the
+// weight passed since the leader exceeds X/T = X·λ (the "skip"). P(the walk stops at y) =
+// e^{−T·C_{y−1}}(1 − e^{−T·f_y}) with C the weight passed before y — exactly the race. The new
+// leader's clock is the race's conditioned on beating T: T' = −log1p(−U·(1 − e^{−f_y T})) / f_y,
+// U ~ U(0, 1). Expected records over n positive entries of similar weight: H_n ≈ ln n + 0.58
+// (≈ 9.6 for a full segment), two uniforms each.
+//
+// Segments: the row is cut into fixed segments of kSegment entries, each with its own race and
+// its own random stream (Philox call (segment, record)); the row's winner is the fastest of the
+// segments' leaders (disjoint races of independent clocks: exact). The draws are thus the same
+// whatever the thread count or block size, and a GPU warp runs one segment while the others run
+// theirs. Ties go to the smaller index (the earlier segment).
+//
+// Precision: every quantity is fp64 — clocks as rates λ ≤ f·2^54, skips X·λ, weights passed —
+// and the uniforms carry 53 random bits (U ≥ 2^-54, so E ≥ 2^-54: the tail is not clipped). A
+// weight of any float (fp32, bf16, fp16: below 3.4e38, above 1e-45) is drawn at its rate to fp64
+// rounding: no key can overflow or underflow. fp64 weights span a wider range, so fp64 rows are
+// scaled once by a power of two that puts their largest weight in [1, 2) (exact); only weights
+// below 2^-1074 of the largest — probability < 1e-300 — then flush to zero.
+constexpr int64_t kSegment = 8192;
+constexpr int kRecordBits = 14;  // Philox call = segment << 14 | record: < 2^18 segments, ≤ 8192 records
+constexpr uint32_t kSpecialCall = 0xFFFFFFFFu;  // the special entry's call: no segment reaches it
+
+SEDD_HOST_DEVICE double uniform53(uint32_t hi, uint32_t lo) {
+  const uint64_t b = ((static_cast<uint64_t>(hi) << 32) | lo) >> 11;
+  return (static_cast<double>(b) + 0.5) * 0x1p-53;  // in (0, 1), exact
+}
+
+// The two uniforms of record `rec` of segment `seg` (or of the special entry).
+struct Draw {
+  double u, e;  // u ~ U(0, 1) for the conditioned clock; e ~ Exp(1) for the next skip
+};
+SEDD_HOST_DEVICE Draw draw(uint64_t seed, uint64_t offset, uint64_t row, uint32_t call) {
+  const philox::Ctr c = philox::philox4x32_10(philox::make_ctr(call, row, offset),
+                                              philox::make_key(seed, offset));
+  return {uniform53(c.c0, c.c1), -::log1p(-uniform53(c.c2, c.c3))};
+}
+SEDD_HOST_DEVICE uint32_t record_call(int64_t seg, uint32_t rec) {
+  return (static_cast<uint32_t>(seg) << kRecordBits) | rec;
+}
+
+// One segment's race. Feed entries in order: pass(f) tells whether f ends the skip (then call
+// record), else consumes it.
+struct Jump {
+  double rate = 0.0;  // λ of the leader (0: none yet)
+  double skip = 0.0;  // weight still to pass before the next record
+  int64_t idx = -1;   // the leader
+  uint32_t rec = 0;   // records so far (the Philox call within the segment)
+
+  SEDD_HOST_DEVICE bool ends_skip(double f) const { return f > 0.0 && skip < f; }
+  SEDD_HOST_DEVICE void pass(double f) {
+    const double r = skip - f;
+    skip = r > 0.0 ? r : 0.0;
+  }
+  // f ends the skip: the entry takes the lead with a clock conditioned to beat the leader's.
+  SEDD_HOST_DEVICE void record(double f, int64_t y, int64_t seg, uint64_t seed, uint64_t offset,
+                               uint64_t row) {
+    const Draw d = draw(seed, offset, row, record_call(seg, rec++));
+    const double beat = -::expm1(-(f / rate));  // 1 − e^{−f·T}; 1 when there is no leader
+    const double clock_f = -::log1p(-d.u * beat);  // f·T' ∈ (0, f·T)
+    rate = f / clock_f;
+    skip = d.e * rate;
+    idx = y;
+  }
+  // Entry (f, y): record or pass.
+  SEDD_HOST_DEVICE void visit(double f, int64_t y, int64_t seg, uint64_t seed, uint64_t offset,
+                              uint64_t row) {
+    if (ends_skip(f)) {
+      record(f, y, seg, seed, offset, row);
+    } else {
+      pass(f);
+    }
+  }
 };
 
-SEDD_HOST_DEVICE bool better(double key, int64_t idx, const Best& b) {
-  return key > b.key || (key == b.key && idx < b.idx);
+// The fastest leader so far: larger rate wins, ties to the smaller index.
+struct Best {
+  double rate;
+  int64_t idx;
+};
+SEDD_HOST_DEVICE bool better(double rate, int64_t idx, const Best& b) {
+  return idx >= 0 && (b.idx < 0 || rate > b.rate || (rate == b.rate && idx < b.idx));
+}
+SEDD_HOST_DEVICE void take(Best& b, double rate, int64_t idx) {
+  if (better(rate, idx, b)) b = {rate, idx};
 }
 
-SEDD_HOST_DEVICE void offer(Best& b, double f, uint32_t bits, int64_t idx) {
-  if (!(f > 0.0)) return;
-  const double key = f / philox::exponential(bits);
-  if (better(key, idx, b)) b = {key, idx};
+// A uniform index of [0, n) from the special call's words 2 and 3 (64 bits, multiply-high).
+SEDD_HOST_DEVICE int64_t uniform_index(uint64_t seed, uint64_t offset, uint64_t row, int64_t n) {
+  const philox::Ctr c = philox::philox4x32_10(philox::make_ctr(kSpecialCall, row, offset),
+                                              philox::make_key(seed, offset));
+  const uint64_t r64 = (static_cast<uint64_t>(c.c2) << 32) | c.c3;
+#if defined(__CUDA_ARCH__)
+  return static_cast<int64_t>(__umul64hi(r64, static_cast<uint64_t>(n)));
+#else
+  return static_cast<int64_t>((static_cast<unsigned __int128>(r64) * static_cast<uint64_t>(n)) >> 64);
+#endif
 }
 
-// Can an entry with weight f and uniform u_f (≤ its exact u) still beat `bound` (≤ the best key)?
-SEDD_HOST_DEVICE bool may_win(float f, float u_f, float bound) { return f > 0.0f && f >= bound * u_f; }
-
-// A float bound not above the best key (for may_win). Keys above FLT_MAX (weights ≳ 4e28 with a
-// small exponential) clamp to FLT_MAX, still a lower bound of the best key: a float cast would
-// give +inf and prune every later finite entry.
-SEDD_HOST_DEVICE float bound_of(const Best& b) {
-  if (b.idx < 0) return 0.0f;
-  const double k = b.key * (1.0 - 1.0 / 65536.0);
-  return k < static_cast<double>(FLT_MAX) ? static_cast<float>(k) : FLT_MAX;
-}
-
-// A float not below a weight f ≥ 0 given in fp64, for may_win: positive weights below the float
-// range (float64 weights below ~1.2e-38, subnormal as floats, or below 1.4e-45, zero) become the
-// smallest normal float instead — still not below f, and not flushed to zero by FTZ/DAZ builds —
-// so they are offered to the fp64 race rather than pruned as zero.
-SEDD_HOST_DEVICE float f_upper(double f) {
-  if (!(f > 0.0)) return 0.0f;
-  const float u = static_cast<float>(f) * (1.0f + 1e-6f);
-  return u >= FLT_MIN ? u : FLT_MIN;
-}
-
-// Final choice of a moving row: the special entry against the best of the others.
-// Returns the new token, or -1 when every weight is zero.
-SEDD_HOST_DEVICE int64_t finish(const Plan& p, const Best& b, double S_other, uint64_t seed,
-                                uint64_t offset, uint64_t row) {
+// Final choice of a moving row: the special entry against the fastest non-special leader `b`
+// (rates in f units times `scale`, the fp64 rows' power of two; 1 otherwise). S_other = Σ_{y≠sp}
+// s_y unscaled (shape A). Returns the new token, or −1 when every weight is zero.
+SEDD_HOST_DEVICE int64_t finish(const Plan& p, const Best& b, double S_other, double scale,
+                                uint64_t seed, uint64_t offset, uint64_t row) {
   const double w_sp = special_weight(p, S_other);
-  const double best_full = b.idx < 0 ? 0.0 : p.factor * b.key;
+  const bool others = b.idx >= 0 && p.factor > 0.0;
   if (w_sp > 0.0) {
-    const double k_sp = w_sp / philox::exponential(philox::bits(seed, offset, row, p.sp));
-    if (b.idx < 0 || k_sp > best_full || (k_sp == best_full && p.sp < b.idx)) return p.sp;
+    if (!others) return p.sp;
+    // the special clock E/w_sp against the leader's 1/(factor·rate/scale), both as rates in f
+    // units times scale
+    const double e = draw(seed, offset, row, kSpecialCall).e;
+    const double rate_sp = (w_sp / p.factor) * scale / e;
+    if (rate_sp > b.rate || (rate_sp == b.rate && p.sp < b.idx)) return p.sp;
   }
-  if (b.idx >= 0 && best_full > 0.0) return b.idx;
-  return -1;
+  return others ? b.idx : -1;
 }
 
-// Uniform fraction of an Exp race bound: u_f from the top 24 of the 32 bits, never above u.
-SEDD_HOST_DEVICE float u_lower(uint32_t bits) { return static_cast<float>(bits >> 8) * 0x1p-24f; }
+// The power of two that brings an fp64 row's largest weight m (> 0, finite) into [1, 2).
+SEDD_HOST_DEVICE double row_scale(double m) {
+  if (!(m > 0.0) || m == INFINITY) return 1.0;
+  int e;
+  ::frexp(m, &e);  // m = q·2^e, q ∈ [0.5, 1)
+  return ::ldexp(1.0, 1 - e);
+}
 
 }  // namespace steps
 }  // namespace sedd

@@ -54,19 +54,40 @@ inline StepArgs check_step_args(const char* op, const at::Tensor& log_score, con
 // The checked arguments of reverse_step and the inputs its kernels read, shared by the CPU file
 // and the CUDA entry: contiguous x and frozen (undefined when absent), fp64 dsigma (on the
 // tensors' device and stream; no host sync).
+// shift (undefined when absent): fp64 [B]; bias (undefined when absent): [V] in the rows'
+// accumulation type (fp32 for fp32/bf16/fp16 rows, fp64 for fp64). The kernels read
+// ℓ = (log_score + bias) + shift in the accumulation type, as the network's own
+// `addmm(bias, h, Wᵀ) + offset` rounds.
 struct StepInputs {
   StepArgs a;
-  at::Tensor x, dsigma, frozen;
+  at::Tensor x, dsigma, frozen, shift, bias;
 };
 
 inline StepInputs prepare_step(const char* op, const at::Tensor& log_score, const at::Tensor& x,
                                const at::Tensor& dsigma, c10::string_view graph,
-                               c10::string_view kind, const c10::optional<at::Tensor>& frozen) {
+                               c10::string_view kind, const c10::optional<at::Tensor>& frozen,
+                               const c10::optional<at::Tensor>& shift,
+                               const c10::optional<at::Tensor>& bias) {
   StepInputs in;
   in.a = check_step_args(op, log_score, x, dsigma, graph, kind, frozen);
   in.x = x.contiguous();
   in.dsigma = dsigma.to(at::kDouble).contiguous();
   if (in.a.has_frozen) in.frozen = frozen->contiguous();
+  if (shift.has_value() && shift->defined()) {
+    check_floating(op, *shift, "shift");
+    SEDD_CHECK_VALUE(shift->dim() == 1 && shift->size(0) == in.a.B, op,
+                     ": shift must have shape [B] = [", in.a.B, "], got ", shape_str(*shift));
+    check_same_device(op, log_score, "log_score", *shift, "shift");
+    in.shift = shift->to(at::kDouble).contiguous();
+  }
+  if (bias.has_value() && bias->defined()) {
+    check_floating(op, *bias, "bias");
+    SEDD_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == in.a.V, op,
+                     ": bias must have shape [V] = [", in.a.V, "], got ", shape_str(*bias));
+    check_same_device(op, log_score, "log_score", *bias, "bias");
+    const auto acc = log_score.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    in.bias = bias->to(acc).contiguous();
+  }
   return in;
 }
 

@@ -44,103 +44,128 @@ void philox_lanes(cpu::vuint& c0, cpu::vuint& c1, cpu::vuint& c2, cpu::vuint& c3
   }
 }
 
-void philox_block(uint64_t seed, uint64_t offset, uint64_t row, uint64_t blk,
-                  uint32_t out[4][16]) {
-  using cpu::vuint;
-  for (int g = 0; g < 16; g += kVecLen) {
-    vuint c0, c1 = vuint{} + static_cast<uint32_t>(row);
-    vuint c2 = vuint{} + static_cast<uint32_t>(row >> 32), c3 = vuint{} + static_cast<uint32_t>(offset);
-    for (int k = 0; k < kVecLen; ++k) c0[k] = static_cast<uint32_t>(blk * 16 + g + k);
-    philox_lanes(c0, c1, c2, c3, philox::make_key(seed, offset));
-    std::memcpy(out[0] + g, &c0, sizeof c0);
-    std::memcpy(out[1] + g, &c1, sizeof c1);
-    std::memcpy(out[2] + g, &c2, sizeof c2);
-    std::memcpy(out[3] + g, &c3, sizeof c3);
-  }
-}
-
 struct RaceOut {
   Best best{0.0, -1};
-  double sum = 0.0;   // Σ of the transformed values over y ≠ skip (s for steps, w for weights)
-  bool bad = false;   // a NaN (or, for weights, a negative value) was seen
+  double sum = 0.0;    // Σ of the transformed values over y ≠ skip (s for steps, w for weights)
+  double scale = 1.0;  // the power of two the fp64 rows' race ran at (steps.h, row_scale)
+  bool bad = false;    // a NaN (or, for weights, a negative value) was seen
 };
 
-// The race over a row. kExp: values are log-scores (s = e^v, steps); else they are weights.
-// `skip` is left out (the special entry of a step; −1 for none). f = transform of s:
-// s itself, or max(0, s − γ) when `two_pass`.
-template <bool kExp, typename T>
-RaceOut race_row(const T* row, int64_t V, int64_t skip, bool two_pass, double gamma,
-                 uint64_t seed, uint64_t offset, uint64_t r) {
-  RaceOut o;
-  float bound = 0.0f;
-  auto scalar = [&](int64_t y, uint32_t bits) {
-    if (y == skip) return;
-    const double v = static_cast<double>(load(row + y));
-    const double s = kExp ? static_cast<double>(exp_acc(static_cast<cpu::acc_t<T>>(v))) : v;
-    if (!(s >= 0.0)) {  // NaN, or a negative weight
-      o.bad = true;
-      return;
-    }
-    o.sum += s;
-    const double f = two_pass ? (s - gamma > 0.0 ? s - gamma : 0.0) : s;
-    if (steps::may_win(steps::f_upper(f), steps::u_lower(bits), bound)) {
-      steps::offer(o.best, f, bits, y);
-      bound = steps::bound_of(o.best);
-    }
-  };
-  int64_t blk = 0;
-  if constexpr (!std::is_same_v<T, double>) {
-    const float gam = static_cast<float>(gamma);
-    cpu::vfloat vsum{};   // fp32 lanes, flushed to fp64 every 16 blocks (1024 entries)
-    cpu::vint vbad{};
-    for (; (blk + 1) * 64 <= V; ++blk) {
-      uint32_t rb[4][16];
-      philox_block(seed, offset, r, static_cast<uint64_t>(blk), rb);
-      const int64_t base = blk * 64;
-      const bool has_skip = static_cast<uint64_t>(skip - base) < 64;
-      float f[64], uf[64];
-      cpu::vint vany{};
-      for (int q = 0; q < 64; q += kVecLen) {
-        const cpu::vfloat v = cpu::vload(row + base + q);
-        cpu::vfloat sv = kExp ? cpu::vexp(v) : v;
-        if (has_skip) {
-          for (int k = 0; k < kVecLen; ++k) {
-            if (base + q + k == skip) sv[k] = 0.0f;
-          }
-        }
-        cpu::vuint b;
-        std::memcpy(&b, &rb[q >> 4][q & 15], sizeof b);
-        // steps::u_lower on every lane
-        const cpu::vfloat uv =
-            __builtin_convertvector(bitcast<cpu::vint>(b >> 8), cpu::vfloat) * 0x1p-24f;
-        const cpu::vfloat d = sv - gam;
-        const cpu::vfloat fv = two_pass ? (d > 0.0f ? d : cpu::vfloat{}) : sv;
-        vsum += sv;
-        vbad |= !(sv >= 0.0f);
-        vany |= (fv > 0.0f) & (fv >= bound * uv);
-        std::memcpy(f + q, &fv, sizeof fv);
-        std::memcpy(uf + q, &uv, sizeof uv);
-      }
-      if ((blk & 15) == 15) {
-        o.sum += cpu::hsum(vsum);
-        vsum = cpu::vfloat{};
-      }
-      bool any = false;
-      for (int k = 0; k < kVecLen; ++k) any |= vany[k] != 0;
-      if (any) {
-        for (int k = 0; k < 64; ++k) {
-          if (base + k != skip && steps::may_win(f[k], uf[k], bound)) {
-            steps::offer(o.best, f[k], rb[k >> 4][k & 15], base + k);
-            bound = steps::bound_of(o.best);
-          }
-        }
-      }
-    }
-    o.sum += cpu::hsum(vsum);
-    for (int k = 0; k < kVecLen; ++k) o.bad |= vbad[k] != 0;
+typedef float vhalf __attribute__((vector_size(cpu::kVecBytes / 2)));
+typedef double vdouble __attribute__((vector_size(cpu::kVecBytes)));  // kVecLen / 2 doubles
+
+// Σ of n (a multiple of 16) values in fp64 (kVecLen/2-wide fp64 lanes, then across them).
+inline double block_sum_f64(const float* f, int n) {
+  constexpr int kHalf = kVecLen / 2;
+  vdouble acc{};
+  for (int q = 0; q < n; q += kHalf) {
+    vhalf h;
+    std::memcpy(&h, f + q, sizeof h);
+    acc += __builtin_convertvector(h, vdouble);
   }
-  for (int64_t y = blk * 64; y < V; ++y) scalar(y, philox::bits(seed, offset, r, y));
-  return o;
+  double s = 0.0;
+  for (int k = 0; k < kHalf; ++k) s += acc[k];
+  return s;
+}
+
+// The jump race over a row (steps.h). kExp: values are log-scores (s = e^{(v + bias_y) + shift},
+// steps; `bias` [V] in the accumulation type, or nullptr for none);
+// else they are weights. `skip` is left out (the special entry of a step; −1 for none).
+// f = s, or max(0, s − γ) when kTwoPass. Segment by segment; within a segment, a 64-entry block
+// whose weight does not end the skip is passed whole (its fp64 sum), the others are walked: the
+// 16-entry parts that do not end it passed whole, the rest entry by entry.
+template <bool kExp, bool kTwoPass, typename T>
+RaceOut race_row(const T* row, int64_t V, int64_t skip, double gamma, cpu::acc_t<T> shift,
+                 const cpu::acc_t<T>* bias, uint64_t seed, uint64_t offset, uint64_t r) {
+  using A = cpu::acc_t<T>;
+  RaceOut o;
+  auto value = [&](int64_t y) -> double {  // s_y, 0 at `skip`
+    if (y == skip) return 0.0;
+    A v = static_cast<A>(load(row + y));
+    if (kExp && bias != nullptr) v = static_cast<A>(v + bias[y]);
+    return static_cast<double>(kExp ? exp_acc(static_cast<A>(v + shift)) : v);
+  };
+  auto f_of = [&](double s) {
+    if (!kTwoPass) return s;
+    const A d = static_cast<A>(s) - static_cast<A>(gamma);
+    return static_cast<double>(d > A(0) ? d : A(0));
+  };
+  if constexpr (std::is_same_v<T, double>) {
+    // fp64: one pass for the sum, the checks and the largest weight, then the race at a scale
+    double m = 0.0;
+    for (int64_t y = 0; y < V; ++y) {
+      const double s = value(y);
+      if (!(s >= 0.0)) o.bad = true;
+      o.sum += s;
+      const double f = f_of(s);
+      if (f > m) m = f;
+    }
+    if (o.bad) return o;
+    o.scale = steps::row_scale(m);
+    for (int64_t seg = 0; seg * steps::kSegment < V; ++seg) {
+      steps::Jump j;
+      const int64_t end = std::min(V, (seg + 1) * steps::kSegment);
+      for (int64_t y = seg * steps::kSegment; y < end; ++y) {
+        j.visit(f_of(value(y)) * o.scale, y, seg, seed, offset, r);
+      }
+      steps::take(o.best, j.rate, j.idx);
+    }
+    return o;
+  } else {
+    const float gam = static_cast<float>(gamma);
+    cpu::vint vbad{};
+    for (int64_t seg = 0; seg * steps::kSegment < V; ++seg) {
+      steps::Jump j;
+      const int64_t end = std::min(V, (seg + 1) * steps::kSegment);
+      int64_t y = seg * steps::kSegment;
+      for (; y + 64 <= end; y += 64) {
+        const bool has_skip = static_cast<uint64_t>(skip - y) < 64;
+        for (int q = 0; q < 64 * static_cast<int>(sizeof(T)); q += 64) {
+          cpu::prefetch_ahead(reinterpret_cast<const char*>(row + y) + q);
+        }
+        alignas(64) float f[64];
+        for (int q = 0; q < 64; q += kVecLen) {
+          cpu::vfloat v = cpu::vload(row + y + q);
+          if (kExp && bias != nullptr) v += cpu::vload(bias + y + q);
+          cpu::vfloat sv = kExp ? cpu::vexp(v + shift) : v;
+          if (has_skip) {
+            for (int k = 0; k < kVecLen; ++k) {
+              if (y + q + k == skip) sv[k] = 0.0f;
+            }
+          }
+          vbad |= !(sv >= 0.0f);
+          const cpu::vfloat d = sv - gam;
+          const cpu::vfloat fv = kTwoPass ? (d > 0.0f ? d : cpu::vfloat{}) : sv;
+          std::memcpy(f + q, &fv, sizeof fv);
+        }
+        const double bsum = block_sum_f64(f, 64);
+        o.sum += bsum;  // = Σ s when !kTwoPass (the only case that reads it)
+        if (!(j.skip < bsum)) {
+          j.pass(bsum);
+          continue;
+        }
+        // the skip ends in this block: walk only the 16-entry parts it ends in
+        for (int q = 0; q < 64; q += 16) {
+          const double part = block_sum_f64(f + q, 16);
+          if (!(j.skip < part)) {
+            j.pass(part);
+            continue;
+          }
+          for (int k = q; k < q + 16; ++k) j.visit(f[k], y + k, seg, seed, offset, r);
+        }
+      }
+      for (; y < end; ++y) {
+        const double s = value(y);
+        if (!(s >= 0.0)) o.bad = true;
+        const double f = f_of(s);
+        o.sum += f;
+        j.visit(f, y, seg, seed, offset, r);
+      }
+      steps::take(o.best, j.rate, j.idx);
+    }
+    for (int k = 0; k < kVecLen; ++k) o.bad |= vbad[k] != 0;
+    return o;
+  }
 }
 
 }  // namespace
@@ -148,13 +173,17 @@ RaceOut race_row(const T* row, int64_t V, int64_t skip, bool two_pass, double ga
 at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
                             const at::Tensor& dsigma, c10::string_view graph,
                             c10::string_view kind, int64_t seed, int64_t offset,
-                            const c10::optional<at::Tensor>& frozen) {
+                            const c10::optional<at::Tensor>& frozen,
+                            const c10::optional<at::Tensor>& shift,
+                            const c10::optional<at::Tensor>& bias) {
   const char* op = "reverse_step";
-  const steps::StepInputs in = steps::prepare_step(op, log_score, x, dsigma, graph, kind, frozen);
+  const steps::StepInputs in =
+      steps::prepare_step(op, log_score, x, dsigma, graph, kind, frozen, shift, bias);
   const steps::StepArgs& a = in.a;
   const int64_t* xp = in.x.data_ptr<int64_t>();
   const double* dp = in.dsigma.data_ptr<double>();
   const bool* fp = a.has_frozen ? in.frozen.data_ptr<bool>() : nullptr;
+  const double* shp = in.shift.defined() ? in.shift.data_ptr<double>() : nullptr;
   for (int64_t b = 0; b < a.B; ++b) {
     SEDD_CHECK_VALUE(dp[b] >= 0.0, op, ": dsigma must be >= 0, got ", dp[b], " at dsigma[", b, "]");
   }
@@ -167,6 +196,8 @@ at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
   std::atomic<int64_t> bad_row{-1};
   const uint64_t useed = static_cast<uint64_t>(seed), uoff = static_cast<uint64_t>(offset);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(), "reverse_step_cpu", [&] {
+    using acc_t = cpu::acc_t<scalar_t>;
+    const acc_t* bp = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
     const scalar_t* base = log_score.data_ptr<scalar_t>();
     const int64_t sB = log_score.stride(0), sL = log_score.stride(1), V = a.V, L = a.L;
     at::parallel_for(0, a.B * L, cpu::row_grain(V), [&](int64_t begin, int64_t end) {
@@ -176,23 +207,24 @@ at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
         op_out[r] = x0;
         if (!p.moves) continue;
         const scalar_t* row = base + b * sB + i * sL;
+        const acc_t sh = shp != nullptr ? static_cast<acc_t>(shp[b]) : acc_t(0);
         if (p.two_pass) {
           double S = 1.0, unused = 0.0;
-          cpu::row_sums<false>(row, 0, x0, S, unused);
-          cpu::row_sums<false>(row, x0 + 1, V, S, unused);
+          cpu::row_sums<false>(row, 0, x0, S, unused, sh, bp);
+          cpu::row_sums<false>(row, x0 + 1, V, S, unused, sh, bp);
           steps::set_total(p, S);
         }
-        const RaceOut o = race_row<true>(row, V, p.sp, p.two_pass, p.gamma, useed, uoff,
-                                         static_cast<uint64_t>(r));
+        const uint64_t ur = static_cast<uint64_t>(r);
+        const RaceOut o =
+            p.two_pass ? race_row<true, true>(row, V, p.sp, p.gamma, sh, bp, useed, uoff, ur)
+                       : race_row<true, false>(row, V, p.sp, 0.0, sh, bp, useed, uoff, ur);
         if (o.bad || std::isnan(p.gamma)) {
           bad_row.store(r);
           continue;
         }
-        int64_t y = steps::finish(p, o.best, o.sum, useed, uoff, static_cast<uint64_t>(r));
+        int64_t y = steps::finish(p, o.best, o.sum, o.scale, useed, uoff, ur);
         if (y < 0 && p.drop_sp) {  // denoiser, absorbing, every score 0: uniform over y < M
-          Best u{0.0, -1};
-          for (int64_t z = 0; z < V - 1; ++z) steps::offer(u, 1.0, philox::bits(useed, uoff, r, z), z);
-          y = u.idx;
+          y = steps::uniform_index(useed, uoff, ur, V - 1);
         }
         op_out[r] = y < 0 ? x0 : y;
       }
@@ -218,7 +250,7 @@ at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64
     const scalar_t* base = w.data_ptr<scalar_t>();
     at::parallel_for(0, R, cpu::row_grain(V), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const RaceOut o = race_row<false>(base + r * sR, V, -1, false, 0.0, useed, uoff,
+        const RaceOut o = race_row<false, false>(base + r * sR, V, -1, 0.0, 0.0f, nullptr, useed, uoff,
                                           static_cast<uint64_t>(r));
         if (o.bad) bad_row.store(r);
         if (o.best.idx < 0) zero_row.store(r);

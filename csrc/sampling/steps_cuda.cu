@@ -1,17 +1,22 @@
-// Sampling ops on CUDA: a block of 256 threads per row (a warp per row when V < 1024). Thread t
-// takes Philox calls t, t + 256, ... of the row; each call gives the 32 random bits of four
-// columns (csrc/common/philox.h), whose log-scores a warp reads as two contiguous runs of 16.
-// Race keys are exact (fp64) only for entries that can still beat the thread's best; the
-// block then reduces (key, index) with the tie rule of steps.h. Current stream, no host sync.
+// Sampling ops on CUDA: a block of 256 threads per row (a warp per row when V < 1024). The jump
+// race of steps.h runs one segment per warp: the warp reads a segment 256 entries at a time
+// (8 consecutive entries per lane), scans the lanes' weight sums, passes the chunk whole when it
+// does not end the skip, else walks the lane that ends it (records are rare: ~2·ln 2048 per
+// segment). Warps then reduce their leaders (rate, index) over the row. Current stream, no host
+// sync, no per-entry random numbers.
 //
-// Kernels cannot raise: rows with invalid inputs produce the token −1 (the public functions
-// check values on the host by default and raise instead).
+// Invalid values (NaN log-scores, negative or NaN weights, a weight row without a positive entry,
+// tokens outside [0, V), negative dsigma) stop the kernel with a device-side assert naming the
+// argument: no token is ever written as −1. The public functions also check on the host when
+// asked (validate=True), which raises a Python error instead.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/macros/Macros.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/cuda_rows.cuh"
 
@@ -19,88 +24,182 @@
 #include "steps.h"
 #include "steps_ops.h"
 
+#if defined(CUDA_KERNEL_ASSERT_MSG)
+#define SEDD_DEVICE_CHECK(cond, msg) CUDA_KERNEL_ASSERT_MSG(cond, msg)
+#else
+#define SEDD_DEVICE_CHECK(cond, msg) CUDA_KERNEL_ASSERT(cond)
+#endif
+
 namespace sedd {
 namespace {
 
 using steps::Best;
 constexpr int kBlock = kRowBlock;
+constexpr int kPer = 8;                 // consecutive entries per lane in a chunk
+constexpr int kChunk = 32 * kPer;       // one warp scan
+static_assert(steps::kSegment % kChunk == 0, "a segment is whole chunks");
+constexpr unsigned kFull = 0xffffffffu;
 
-// Shared memory of the race's row reductions: per-warp best (key, index) and per-warp sums.
 struct RaceSmem {
-  double key[kBlock / 32];
+  double rate[kBlock / 32];
   long long idx[kBlock / 32];
   double sum[kBlock / 32];
 };
 
-__device__ __forceinline__ void take(Best& a, double key, long long idx) {
-  if (idx >= 0 && (a.idx < 0 || steps::better(key, idx, a))) a = {key, idx};
+// Broadcast of a Jump from lane `src` to the warp.
+__device__ __forceinline__ void share(steps::Jump& j, int src) {
+  j.rate = __shfl_sync(kFull, j.rate, src);
+  j.skip = __shfl_sync(kFull, j.skip, src);
+  j.idx = __shfl_sync(kFull, static_cast<long long>(j.idx), src);
+  j.rec = __shfl_sync(kFull, j.rec, src);
 }
 
-template <int TPR>
-__device__ __forceinline__ Best row_best(Best b, double* skey, long long* sidx) {
+// The race of the segments warp `warp` of `nwarps` owns (every lane returns the same leader).
+// f = s (or max(0, s − γ) when two_pass) times `scale`, with s = e^{(v + bias_y) + shift} (kExp;
+// bias may be nullptr) or v;
+// `skip` is left out. fsum: this lane's Σ f; bad: a NaN / negative value was seen.
+template <bool kExp, typename T, typename A>
+__device__ void warp_race(const T* __restrict__ row, int V, int skip, bool two_pass, A gamma,
+                          A shift, const A* __restrict__ bias, double scale, uint64_t seed,
+                          uint64_t offset, uint64_t r,
+                          int warp, int nwarps, Best& best, double& fsum, bool& bad) {
+  const int lane = threadIdx.x % 32;
+  for (int seg = warp; static_cast<int64_t>(seg) * steps::kSegment < V; seg += nwarps) {
+    steps::Jump j;
+    const int seg_lo = seg * static_cast<int>(steps::kSegment);
+    const int seg_end = min(V, seg_lo + static_cast<int>(steps::kSegment));
+    for (int c0 = seg_lo; c0 < seg_end; c0 += kChunk) {
+      const int y0 = c0 + lane * kPer;
+      double f[kPer];
+      double local = 0.0;
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const double k = __shfl_xor_sync(0xffffffffu, b.key, off);
-    const long long i = __shfl_xor_sync(0xffffffffu, static_cast<long long>(b.idx), off);
-    take(b, k, i);
+      for (int k = 0; k < kPer; ++k) {
+        const int y = y0 + k;
+        A s = A(0);
+        if (y < seg_end && y != skip) {
+          A v = static_cast<A>(row[y]);
+          if (kExp && bias != nullptr) v = static_cast<A>(v + bias[y]);
+          s = kExp ? exp_acc(static_cast<A>(v + shift)) : v;
+        }
+        bad |= !(s >= A(0));
+        const A d = s - gamma;
+        f[k] = static_cast<double>(two_pass ? (d > A(0) ? d : A(0)) : s) * scale;
+        local += f[k];
+      }
+      fsum += local;
+      double incl = local;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const double t = __shfl_up_sync(kFull, incl, o);
+        if (lane >= o) incl += t;
+      }
+      const double total = __shfl_sync(kFull, incl, 31);
+      if (!(j.skip < total)) {  // the chunk does not end the skip: pass it whole
+        j.pass(total);
+        continue;
+      }
+      double excl = __shfl_up_sync(kFull, incl, 1);
+      if (lane == 0) excl = 0.0;
+      double base = 0.0;
+      int start = 0;
+      while (start < 32) {
+        const bool ends = lane >= start && local > 0.0 && j.skip < incl - base;
+        const unsigned m = __ballot_sync(kFull, ends);
+        if (m == 0) {
+          j.pass(total - base);
+          break;
+        }
+        const int src = __ffs(m) - 1;
+        if (lane == src) {
+          const double rr = j.skip - (excl - base);
+          j.skip = rr > 0.0 ? rr : 0.0;
+#pragma unroll
+          for (int k = 0; k < kPer; ++k) j.visit(f[k], y0 + k, seg, seed, offset, r);
+        }
+        share(j, src);
+        base = __shfl_sync(kFull, incl, src);
+        start = src + 1;
+      }
+    }
+    steps::take(best, j.rate, j.idx);
   }
+}
+
+// The fastest of the warps' leaders (every warp's lanes agree), and the row's Σ.
+template <int TPR>
+__device__ __forceinline__ Best row_best(Best b, RaceSmem& sm) {
   if constexpr (TPR == 32) {
     return b;
   } else {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();
     if (lane == 0) {
-      skey[warp] = b.key;
-      sidx[warp] = b.idx;
+      sm.rate[warp] = b.rate;
+      sm.idx[warp] = b.idx;
     }
     __syncthreads();
-    Best r{0.0, -1};
+    Best out{0.0, -1};
 #pragma unroll
-    for (int w = 0; w < TPR / 32; ++w) take(r, skey[w], sidx[w]);
-    return r;
+    for (int w = 0; w < TPR / 32; ++w) steps::take(out, sm.rate[w], sm.idx[w]);
+    return out;
   }
 }
 
-// The race over the entries of one row handled by thread t of TPR (see steps.h).
-template <bool kExp, int TPR, typename T>
-__device__ void race_part(const T* __restrict__ row, int V, int skip, bool two_pass, double gamma,
-                          uint64_t seed, uint64_t offset, uint64_t r, int t, Best& best,
-                          double& sum, bool& bad) {
-  using A = at::acc_type<T, true>;
-  const philox::Key key = philox::make_key(seed, offset);
-  float bound = 0.0f;
-  A psum = A(0);
-  auto visit = [&](int y, uint32_t bits) {
-    const A v = static_cast<A>(row[y]);
-    A s = kExp ? exp_acc(v) : v;
-    if (y == skip) s = A(0);
-    bad |= !(s >= A(0));
-    psum += s;
-    const A f = two_pass ? (s - static_cast<A>(gamma) > A(0) ? s - static_cast<A>(gamma) : A(0)) : s;
-    if (steps::may_win(steps::f_upper(f), steps::u_lower(bits), bound)) {
-      steps::offer(best, static_cast<double>(f), bits, y);
-      bound = steps::bound_of(best);
-    }
-  };
-  const int calls = (V / 64) * 16;
-  for (int j = t; j < calls; j += TPR) {
-    const philox::Ctr c = philox::philox4x32_10(philox::make_ctr(j, r, offset), key);
-    const int y0 = (j >> 4) * 64 + (j & 15);
-    visit(y0, c.c0);
-    visit(y0 + 16, c.c1);
-    visit(y0 + 32, c.c2);
-    visit(y0 + 48, c.c3);
+template <int TPR>
+__device__ __forceinline__ bool row_any(bool v) {
+  if constexpr (TPR == 32) {
+    return __any_sync(kFull, v);
+  } else {
+    return __syncthreads_or(v) != 0;
   }
-  for (int y = (V / 64) * 64 + t; y < V; y += TPR) visit(y, philox::bits(seed, offset, r, y));
-  sum = static_cast<double>(psum);
+}
+
+// Largest f over an fp64 row (for steps::row_scale); other types do not need it.
+template <int TPR, bool kExp, typename A>
+__device__ double row_max_f(const double* row, int V, int skip, bool two_pass, A gamma, A shift,
+                            const A* bias, double* smem) {
+  double m = 0.0;
+  for (int y = row_thread<TPR>(); y < V; y += TPR) {
+    if (y == skip) continue;
+    const double v = kExp && bias != nullptr ? row[y] + bias[y] : row[y];
+    const double s = kExp ? exp_acc(v + shift) : v;
+    const double f = two_pass ? (s - gamma > 0.0 ? s - gamma : 0.0) : s;
+    if (f > m) m = f;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(kFull, m, off));
+  if constexpr (TPR == 32) {
+    return m;
+  } else {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) smem[warp] = m;
+    __syncthreads();
+    double out = 0.0;
+#pragma unroll
+    for (int w = 0; w < TPR / 32; ++w) out = fmax(out, smem[w]);
+    return out;
+  }
+}
+
+template <int TPR, bool kExp, typename T, typename A>
+__device__ double scale_of(const T* row, int V, int skip, bool two_pass, A gamma, A shift,
+                           const A* bias, double* smem) {
+  if constexpr (std::is_same_v<T, double>) {
+    return steps::row_scale(
+        row_max_f<TPR, kExp>(row, V, skip, two_pass, gamma, shift, bias, smem));
+  } else {
+    return 1.0;
+  }
 }
 
 template <typename T, int TPR>
 __global__ void __launch_bounds__(kBlock)
 step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, int64_t L, int V,
             const int64_t* __restrict__ xs, const double* __restrict__ ds,
-            const bool* __restrict__ frozen, Graph g, steps::Kind kind, uint64_t seed,
-            uint64_t offset, int64_t* __restrict__ out) {
+            const bool* __restrict__ frozen, const double* __restrict__ shifts,
+            const at::acc_type<T, true>* __restrict__ bias, Graph g,
+            steps::Kind kind, uint64_t seed, uint64_t offset, int64_t* __restrict__ out) {
   using A = at::acc_type<T, true>;
   __shared__ RaceSmem sm;
   const int64_t r = row_index<TPR>();
@@ -108,41 +207,42 @@ step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, in
   const int t = row_thread<TPR>();
   const int64_t b = r / L, x = xs[r];
   const double delta = ds[b];
-  if (x < 0 || x >= V || !(delta >= 0.0)) {
-    if (t == 0) out[r] = -1;
-    return;
-  }
+  SEDD_DEVICE_CHECK(x >= 0 && x < V, "reverse_step: x must hold token ids in [0, V)");
+  SEDD_DEVICE_CHECK(delta >= 0.0, "reverse_step: dsigma must be >= 0 and not NaN");
   steps::Plan p = steps::plan(g, kind, x, delta, V, frozen != nullptr && frozen[r]);
   if (!p.moves) {
     if (t == 0) out[r] = x;
     return;
   }
   const T* row = base + b * sB + (r - b * L) * sL;
+  const A shift = shifts != nullptr ? static_cast<A>(shifts[b]) : A(0);
   if (p.two_pass) {
     A part = A(0);
     for (int y = t; y < V; y += TPR) {
-      if (y != x) part += exp_acc(static_cast<A>(row[y]));
+      if (y == x) continue;
+      A v = static_cast<A>(row[y]);
+      if (bias != nullptr) v = static_cast<A>(v + bias[y]);
+      part += exp_acc(static_cast<A>(v + shift));
     }
     steps::set_total(p, 1.0 + row_sum<TPR>(static_cast<double>(part), sm.sum));
   }
+  const A gamma = static_cast<A>(p.gamma);
+  const double scale = scale_of<TPR, true>(row, V, static_cast<int>(p.sp), p.two_pass, gamma,
+                                           shift, bias, sm.sum);
   Best best{0.0, -1};
-  double sum = 0.0;
+  double fsum = 0.0;
   bool bad = false;
-  race_part<true, TPR>(row, V, static_cast<int>(p.sp), p.two_pass, p.gamma, seed, offset,
-                       static_cast<uint64_t>(r), t, best, sum, bad);
-  best = row_best<TPR>(best, sm.key, sm.idx);
-  sum = row_sum<TPR>(sum, sm.sum);
-  const bool any_bad = row_sum<TPR>(bad ? 1.0 : 0.0, sm.sum) > 0.0;
+  warp_race<true>(row, V, static_cast<int>(p.sp), p.two_pass, gamma, shift, bias, scale, seed,
+                  offset,
+                  static_cast<uint64_t>(r), t / 32, TPR / 32, best, fsum, bad);
+  best = row_best<TPR>(best, sm);
+  const double sum = row_sum<TPR>(fsum, sm.sum) / scale;
+  const bool any_bad = row_any<TPR>(bad) || isnan(p.gamma);
   if (t != 0) return;
-  if (any_bad || isnan(p.gamma)) {
-    out[r] = -1;
-    return;
-  }
-  int64_t y = steps::finish(p, best, sum, seed, offset, static_cast<uint64_t>(r));
+  SEDD_DEVICE_CHECK(!any_bad, "reverse_step: log_score has NaN entries");
+  int64_t y = steps::finish(p, best, sum, scale, seed, offset, static_cast<uint64_t>(r));
   if (y < 0 && p.drop_sp) {  // denoiser, absorbing, every score 0: uniform over y < M
-    Best u{0.0, -1};
-    for (int64_t z = 0; z < V - 1; ++z) steps::offer(u, 1.0, philox::bits(seed, offset, r, z), z);
-    y = u.idx;
+    y = steps::uniform_index(seed, offset, static_cast<uint64_t>(r), V - 1);
   }
   out[r] = y < 0 ? x : y;
 }
@@ -151,18 +251,26 @@ template <typename T, int TPR>
 __global__ void __launch_bounds__(kBlock)
 categorical_kernel(const T* __restrict__ w, int64_t sR, int64_t rows, int V, uint64_t seed,
                    uint64_t offset, int64_t* __restrict__ out) {
+  using A = at::acc_type<T, true>;
   __shared__ RaceSmem sm;
   const int64_t r = row_index<TPR>();
   if (r >= rows) return;
   const int t = row_thread<TPR>();
+  const T* row = w + r * sR;
+  const double scale = scale_of<TPR, false>(row, V, -1, false, A(0), A(0),
+                                            static_cast<const A*>(nullptr), sm.sum);
   Best best{0.0, -1};
-  double sum = 0.0;
+  double fsum = 0.0;
   bool bad = false;
-  race_part<false, TPR>(w + r * sR, V, -1, false, 0.0, seed, offset, static_cast<uint64_t>(r), t,
-                        best, sum, bad);
-  best = row_best<TPR>(best, sm.key, sm.idx);
-  const bool any_bad = row_sum<TPR>(bad ? 1.0 : 0.0, sm.sum) > 0.0;
-  if (t == 0) out[r] = any_bad ? -1 : best.idx;
+  warp_race<false>(row, V, -1, false, A(0), A(0), static_cast<const A*>(nullptr), scale, seed,
+                   offset, static_cast<uint64_t>(r),
+                   t / 32, TPR / 32, best, fsum, bad);
+  best = row_best<TPR>(best, sm);
+  const bool any_bad = row_any<TPR>(bad);
+  if (t != 0) return;
+  SEDD_DEVICE_CHECK(!any_bad, "sample_categorical: weights must be non-negative and not NaN");
+  SEDD_DEVICE_CHECK(best.idx >= 0, "sample_categorical: every row of weights needs a positive entry");
+  out[r] = best.idx;
 }
 
 __global__ void perturb_kernel(const int64_t* __restrict__ x0, const double* __restrict__ sigma,
@@ -172,15 +280,17 @@ __global__ void perturb_kernel(const int64_t* __restrict__ x0, const double* __r
   if (r >= n) return;
   const int64_t x = x0[r];
   const double s = sigma[r / L];
-  out[r] = (x < 0 || x >= V || !(s >= 0.0)) ? -1
-                                             : steps::perturb_one(g, x, s, V, seed, offset, r);
+  SEDD_DEVICE_CHECK(x >= 0 && x < V, "perturb: x_0 must hold token ids in [0, num_tokens)");
+  SEDD_DEVICE_CHECK(s >= 0.0, "perturb: sigma must be >= 0 and not NaN");
+  out[r] = steps::perturb_one(g, x, s, V, seed, offset, r);
 }
 
 
 }  // namespace
 
 void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
-                              const at::Tensor& ds, const at::Tensor& frozen, Graph g,
+                              const at::Tensor& ds, const at::Tensor& frozen,
+                              const at::Tensor& shift, const at::Tensor& bias, Graph g,
                               steps::Kind kind, int64_t seed, int64_t offset, at::Tensor& out) {
   const int64_t L = log_score.size(1), V = log_score.size(2);
   const int64_t rows = log_score.size(0) * L;
@@ -191,7 +301,9 @@ void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
       step_kernel<scalar_t, decltype(tpr)::value><<<blocks, kBlock, 0, stream>>>(
           log_score.data_ptr<scalar_t>(), log_score.stride(0), log_score.stride(1), rows, L,
           static_cast<int>(V), x.data_ptr<int64_t>(), ds.data_ptr<double>(),
-          frozen.defined() ? frozen.data_ptr<bool>() : nullptr, g, kind,
+          frozen.defined() ? frozen.data_ptr<bool>() : nullptr,
+          shift.defined() ? shift.data_ptr<double>() : nullptr,
+          bias.defined() ? bias.data_ptr<at::acc_type<scalar_t, true>>() : nullptr, g, kind,
           static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -12,14 +12,17 @@ namespace sedd {
 at::Tensor reverse_step_cuda(const at::Tensor& log_score, const at::Tensor& x,
                              const at::Tensor& dsigma, c10::string_view graph,
                              c10::string_view kind, int64_t seed, int64_t offset,
-                             const c10::optional<at::Tensor>& frozen) {
+                             const c10::optional<at::Tensor>& frozen,
+                             const c10::optional<at::Tensor>& shift,
+                             const c10::optional<at::Tensor>& bias) {
   const c10::cuda::CUDAGuard guard(log_score.device());
   const steps::StepInputs in =
-      steps::prepare_step("reverse_step", log_score, x, dsigma, graph, kind, frozen);
+      steps::prepare_step("reverse_step", log_score, x, dsigma, graph, kind, frozen, shift,
+                          bias);
   at::Tensor out = at::empty({in.a.B, in.a.L}, x.options());
   if (out.numel() == 0) return out;
-  reverse_step_cuda_launch(log_score, in.x, in.dsigma, in.frozen, in.a.graph, in.a.kind, seed,
-                           offset, out);
+  reverse_step_cuda_launch(log_score, in.x, in.dsigma, in.frozen, in.shift, in.bias, in.a.graph,
+                           in.a.kind, seed, offset, out);
   return out;
 }
 

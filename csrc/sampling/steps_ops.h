@@ -13,7 +13,9 @@ at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64
 at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
                             const at::Tensor& dsigma, c10::string_view graph,
                             c10::string_view kind, int64_t seed, int64_t offset,
-                            const c10::optional<at::Tensor>& frozen);
+                            const c10::optional<at::Tensor>& frozen,
+                            const c10::optional<at::Tensor>& shift,
+                            const c10::optional<at::Tensor>& bias);
 
 #ifdef SEDD_WITH_CUDA
 at::Tensor perturb_cuda(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
@@ -22,11 +24,14 @@ at::Tensor sample_categorical_cuda(const at::Tensor& weights, int64_t seed, int6
 at::Tensor reverse_step_cuda(const at::Tensor& log_score, const at::Tensor& x,
                              const at::Tensor& dsigma, c10::string_view graph,
                              c10::string_view kind, int64_t seed, int64_t offset,
-                             const c10::optional<at::Tensor>& frozen);
+                             const c10::optional<at::Tensor>& frozen,
+                             const c10::optional<at::Tensor>& shift,
+                             const c10::optional<at::Tensor>& bias);
 // Kernel launchers (steps_cuda.cu), called by the CUDA entry points (steps_cuda_entry.cpp) on
-// prepared inputs (steps_args.h): contiguous x / frozen, fp64 dsigma and sigma.
+// prepared inputs (steps_args.h): contiguous x / frozen, fp64 dsigma, sigma and shift, bias.
 void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
-                              const at::Tensor& ds, const at::Tensor& frozen, Graph g,
+                              const at::Tensor& ds, const at::Tensor& frozen,
+                              const at::Tensor& shift, const at::Tensor& bias, Graph g,
                               steps::Kind kind, int64_t seed, int64_t offset, at::Tensor& out);
 void sample_categorical_cuda_launch(const at::Tensor& w, int64_t seed, int64_t offset,
                                     at::Tensor& out);

@@ -51,11 +51,15 @@ class Graph:
 
     # ---- reverse process
     def step(self, kind, log_score, x, dsigma, generator=None, frozen=None, *,
-             use_reference=False):
-        """One reverse step of kernel `kind` ("euler", "analytic", "denoise")."""
+             use_reference=False, shift=None, bias=None, validate=None):
+        """One reverse step of kernel `kind` ("euler", "analytic", "denoise") on log-scores
+        (log_score + bias) + shift (bias [V], shift [B], each when given; the current token's
+        entry is ignored). validate: sedd_kernels' host checks (None: theirs)."""
         if use_reference:
-            return reference.reverse_step(log_score, x, dsigma, self.name, kind, generator, frozen)
-        return sk.reverse_step(log_score, x, dsigma, self.name, kind, generator, frozen)
+            return reference.reverse_step(log_score, x, dsigma, self.name, kind, generator, frozen,
+                                          shift=shift, bias=bias)
+        return sk.reverse_step(log_score, x, dsigma, self.name, kind, generator, frozen,
+                               shift=shift, bias=bias, validate=validate)
 
     def denoise(self, log_score, x, sigma, generator=None, frozen=None):
         return self.step("denoise", log_score, x, sigma, generator, frozen)
@@ -143,7 +147,9 @@ class General(Graph):
         return self.g.score_entropy(log_score, x_t, x_0, sigma)
 
     def step(self, kind, log_score, x, dsigma, generator=None, frozen=None, *,
-             use_reference=False):
+             use_reference=False, shift=None, bias=None, validate=None):
+        if shift is not None or bias is not None:
+            raise ValueError("the general graph's steps take materialised log-scores (no shift or bias)")
         if use_reference:
             raise ValueError("use_reference needs a graph with closed forms (absorb, uniform); "
                              "the general graph's steps are its dense formulas already")

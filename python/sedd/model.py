@@ -314,6 +314,33 @@ class DDiT(nn.Module):
                                        sigma_total, graph, self.log_score_offset(sigma.float()),
                                        reduction=reduction, token_weight=token_weight)
 
+    def log_score_parts(self, x, sigma, out=None):
+        """(prod [B, L, V], bias [V] or None, shift [B] or None) with forward(x, σ) =
+        (prod + bias) + shift[:, None, None] and the entry at the current token set to 0: the form
+        the fused reverse steps read (sedd_kernels.reverse_step(bias=, shift=) adds both and
+        ignores the current token's entry), so that sampling does not pay forward()'s extra
+        passes over the [B, L, V] block (bias, offset, scatter, float copy). `prod` is the
+        projection's product as computed (bf16 under autocast, where the bias stays inside it); into
+        `out` when given (the previous step's block: no fresh allocation). For the clean
+        parametrisation prod is clean_log_probs(x) and bias None."""
+        offset = self.log_score_offset(sigma.float())
+        if self.time_independent:
+            return self.clean_log_probs(x), None, offset
+        h, c = self.trunk(x, sigma)
+        fl = self.output_layer
+        w, b = fl.linear.weight, fl.linear.bias
+        shift, scale = fl.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        hidden = modulate(fl.norm_final(h), shift, scale)
+        if torch.is_autocast_enabled(hidden.device.type) or b is None:
+            return fl.linear(hidden), None, offset
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if (out is not None and out.dtype == flat.dtype and out.device == flat.device
+                and out.shape == (*hidden.shape[:2], w.shape[0]) and out.is_contiguous()):
+            torch.mm(flat, w.t(), out=out.view(-1, w.shape[0]))
+        else:
+            out = torch.mm(flat, w.t()).view(*hidden.shape[:2], w.shape[0])
+        return out, b, offset
+
     def forward(self, x, sigma, fused_loss=None):
         """Log-scores [B, L, V]; or, with fused_loss = dict(x_0=, sigma_total=, graph=,
         token_weight=), the scalar of fused_loss() — through forward, so that DDP/FSDP wrappers

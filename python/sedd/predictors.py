@@ -4,7 +4,9 @@ read this registry; adding a predictor is one `register(...)` call (README: "Add
 
 A predictor step at grid time t with next grid time t' (Δt = t − t') gets
 `dsigma(noise, t, t', dt)` per sequence and calls `step(graph, log_score, x, dsigma, generator,
-frozen, use_reference)`; the default step is the graph's reverse-step kernel of the same name.
+frozen, use_reference)`; the default step is the graph's reverse-step kernel of the same name
+(which also takes `shift=`, `bias=`, `validate=`: the sampler then hands it the bare output
+product with the projection's bias and the network's per-sequence offset, see sampling.py).
 
 A predictor with its own loop instead of the time grid (`loop=`, e.g. first_hitting) is called
 once per window as loop(net, graph, noise, x, frozen, steps=, tokens_per_step=, eps=, generator=,
@@ -22,8 +24,10 @@ from .first_hitting import first_hitting
 
 
 def _kernel_step(kind):
-    def step(graph, log_score, x, dsigma, generator, frozen, use_reference=False):
-        return graph.step(kind, log_score, x, dsigma, generator, frozen, use_reference=use_reference)
+    def step(graph, log_score, x, dsigma, generator, frozen, use_reference=False, **parts):
+        return graph.step(kind, log_score, x, dsigma, generator, frozen,
+                          use_reference=use_reference, **parts)
+    step.takes_parts = True     # the sampler may hand it the bare product + shift= and bias=
     return step
 
 

@@ -79,6 +79,7 @@ class _Network:
         self.model, self.use_cache = model, use_cache
         self.calls = self.sequences = 0
         self.held_x = self.held = None
+        self.buffer = None      # step_scores' reused [B, W, V] block
 
     def _clean(self, x, need=None):
         """The clean log-probs of x [B, W, V]; only the rows of the sequences in `need` [B]
@@ -112,6 +113,22 @@ class _Network:
             return self.model(x, sigma)
         return self.model.log_score_from_clean(self._clean(x), x, sigma)
 
+    def step_scores(self, x, sigma):
+        """(prod, parts) with log-scores = (prod + parts["bias"]) + parts["shift"] and the current
+        token's entry ignored — what the fused steps read (model.log_score_parts): the
+        [B, W, V] block is written once, by the network's product, and read once, by the step.
+        Read-only (it may be the cache's own tensor, or the block the next call writes into)."""
+        if not self.use_cache:
+            self.calls += 1
+            self.sequences += x.shape[0]
+            # the previous step's block is free again (its step has run): write into it
+            reuse = self.buffer if self.buffer is not None and self.buffer.shape[:2] == x.shape \
+                else None
+            out, bias, shift = self.model.log_score_parts(x, sigma, out=reuse)
+            self.buffer = out
+            return out, {"bias": bias, "shift": shift}
+        return self._clean(x), {"shift": self.model.log_score_offset(sigma.float())}
+
     def rows(self, x, sigma, pos, need=None):
         """The log-score rows [B, K, V] at positions pos [B, K] (contiguous, writable); with the
         cache, the rows of sequences outside `need` [B] may be stale (the caller ignores them)."""
@@ -142,22 +159,35 @@ def _grid_window(net, graph, noise, pred, x, frozen, *, steps, denoise, eps, gen
     def per_sequence(v):
         return torch.full((B,), float(v), device=dev)
 
-    def log_score_at(x, sigma):
-        return shaping.scores(net.log_score(x, per_sequence(sigma)), x, graph)
+    # The fused steps add the projection's bias and the network's σ offset and ignore the
+    # current token's entry themselves: hand them the bare product (model.log_score_parts)
+    # unless something must first rewrite the log-scores (temperature / top-p) or the steps are
+    # the dense reference ops. The sampler builds x and dsigma itself: the kernels' host checks
+    # (a device sync each on CUDA) are skipped.
+    fold = (shaping.identity and not use_reference and graph.fused
+            and hasattr(net.model, "log_score_parts")
+            and getattr(pred.step, "takes_parts", False))
+
+    def scores_at(x, sigma):
+        if fold:
+            log_score, parts = net.step_scores(x, per_sequence(sigma))
+            return log_score, dict(parts, validate=False)
+        return shaping.scores(net.log_score(x, per_sequence(sigma)), x, graph), {}
 
     dt = (1 - eps) / steps
     grid = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
     for k in range(steps):
         t = grid[k]
-        log_score = log_score_at(x, noise.total(t))
+        log_score, parts = scores_at(x, noise.total(t))
         dsigma = per_sequence(pred.dsigma(noise, t, grid[k + 1], dt))
-        x = pred.step(graph, log_score, x, dsigma, generator, frozen, use_reference)
+        x = pred.step(graph, log_score, x, dsigma, generator, frozen, use_reference, **parts)
         if progress is not None:
             progress.update(1)
     if denoise:
         sigma = float(noise.total(grid[-1]))
-        x = graph.step("denoise", log_score_at(x, sigma), x, per_sequence(sigma), generator,
-                       frozen, use_reference=use_reference)
+        log_score, parts = scores_at(x, sigma)
+        x = graph.step("denoise", log_score, x, per_sequence(sigma), generator, frozen,
+                       use_reference=use_reference, **parts)
     return x, steps + int(denoise)
 
 
