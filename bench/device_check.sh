@@ -42,6 +42,18 @@ timeout "$(cap 90)" "$PY" -m pytest tests -v -p no:cacheprovider -k "cuda and te
   2>&1 | tee "$OUT/tests_bad_input.log" | grep -E "FAIL|Error|Fatal|passed|failed" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+# memcheck over a small subset: the step / categorical kernels (never run before this change) and
+# the in-place loss kernel, at small shapes (compute-sanitizer slows kernels ~100x)
+if command -v compute-sanitizer >/dev/null && [ "$(left)" -ge 60 ]; then
+  echo "== compute-sanitizer memcheck (small subset)"
+  timeout "$(cap 90)" compute-sanitizer --tool memcheck --error-exitcode 7 "$PY" -m pytest tests -q \
+    -p no:cacheprovider -k "cuda and (shapes_and_determinism or frozen_and_immobile or with_grad_kernel_matches or opcheck)" \
+    2>&1 | tee "$OUT/memcheck.log" | grep -E "ERROR SUMMARY|passed|failed|Invalid" | tail -8
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+else
+  skipped="$skipped memcheck"
+fi
+
 # never-run-on-a-GPU suites first; score_entropy (measured on an H100 before) last. On CUDA the
 # suites run their "gpu" level (harness.py): the paper's shapes; each prints its summary table.
 for suite in ${SUITES:-steps linear linear_ce categorical sampler predictors train optimizer perturb score_entropy}; do

@@ -99,6 +99,9 @@ def parser():
                                        "(GPT-2's BPE ranks, offline)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network's trunk (fullgraph; the first call pays the "
+                        "compilation; SEDD models only)")
     p.add_argument("--no-cache", action="store_true",
                    help="call the network at every step even for a time-independent ('clean') "
                         "model (the cache is exact: same samples, fewer network calls); for an "
@@ -156,7 +159,7 @@ def _main(argv=None):
                       cache=not args.no_cache, return_stats=True, window=window,
                       stride=args.stride, tokens_per_step=args.tokens_per_step,
                       temperature=args.temperature, top_p=args.top_p,
-                      stop_at_eos=args.stop_at_eos, eos=eos)
+                      stop_at_eos=args.stop_at_eos, eos=eos, compile=args.compile)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
           + (" (exact cache)" if stats.cached else "")
           + (f", {stats.windows} windows" if stats.windows > 1 else ""), file=sys.stderr)
@@ -184,6 +187,9 @@ def ar_main(args, r, device):
     if length > model.config.max_length:
         raise ValueError(f"--length {length} is longer than the autoregressive model's window "
                          f"{model.config.max_length}")
+    if args.compile:
+        raise ValueError("--compile applies to SEDD models: the autoregressive sampler's KV-cached "
+                         "calls change shape at every token")
     prefix = None
     if args.prefix:
         ids, _, _ = condition_from(tok, length, args.prefix)

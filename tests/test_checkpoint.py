@@ -571,3 +571,14 @@ def test_resume_rejects_a_different_parametrisation(tmp_path):
     Trainer(small_cfg(tmp_path / "run", steps=1)).fit()
     with pytest.raises(ValueError, match="parametrisation = 'score', this run has 'clean'"):
         Trainer(small_cfg(tmp_path / "run", steps=2, resume=True, parametrisation="clean"))
+
+
+def test_rng_state_round_trip():
+    """The training checkpoint's random state (CPU here; CUDA generators in tests/test_cuda.py)
+    brings the draws back: exact resume of dropout and noise levels."""
+    from sedd.checkpoint import restore_rng, rng_state
+    saved = rng_state()
+    a = torch.rand(5)
+    torch.rand(9)
+    restore_rng(saved)
+    assert torch.equal(torch.rand(5), a)

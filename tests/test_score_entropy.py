@@ -391,7 +391,7 @@ def test_bad_input(device, case, exc, match):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_mixed_devices_are_rejected():
+def test_mixed_devices_are_rejected_cuda():
     ls, xt, x0, sigma = _args("cuda")
     for name, args in (("x_t", (ls, xt.cpu(), x0, sigma)), ("sigma", (ls, xt, x0, sigma.cpu()))):
         with pytest.raises(ValueError, match=f"{name} must be on the same device"):

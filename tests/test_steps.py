@@ -257,26 +257,32 @@ def _closed_form_weights(ls, x, delta, graph, kind):
 
 @pytest.mark.parametrize("graph, kind", [("absorb", "analytic"), ("absorb", "euler"),
                                          ("uniform", "euler"), ("uniform", "analytic")])
-def test_step_distribution_across_segments(device, graph, kind):
-    """One position with V = 20000 (three race segments) repeated 2·10^5 times: the next-token
-    frequencies match the closed-form probabilities in 40 groups of 500 tokens, the special entry
-    (the mask, or x) on its own; the steps add `shift` themselves (here −2.5)."""
-    V, N, shift = 20_000, 200_000, -2.5
+@pytest.mark.parametrize("V, dtype", [(1100, torch.float32), (4099, torch.float16),
+                                      (4099, torch.float64), (20_000, torch.float32)])
+def test_step_distribution_long_rows(device, graph, kind, V, dtype):
+    """One position repeated 2·10^5 times on long rows — the CUDA kernels' block-per-row path
+    (V ≥ 1024), fp16 and fp64 rows, three race segments at V = 20000: the next-token frequencies
+    match the closed-form probabilities in 40 groups of tokens, the special entry (the mask, or
+    x) on its own; the steps add `shift` themselves (here −2.5)."""
+    N, shift, G = 200_000, -2.5, 40
     g = torch.Generator().manual_seed(9)
-    ls = torch.randn(1, 1, V, generator=g, dtype=torch.float64) * 1.5
-    x = torch.tensor([[V - 1 if graph == "absorb" else 12_345]])
-    delta = 1e-4 if graph == "absorb" else 0.5
-    probs = _closed_form_weights(ls + shift, x, delta, graph, kind)
-    out = STEP[kind](ls.float().to(device).expand(1, N, V), x.to(device).expand(1, N).contiguous(),
+    ls = (torch.randn(1, 1, V, generator=g, dtype=torch.float64) * 1.5).to(dtype)
+    x = torch.tensor([[V - 1 if graph == "absorb" else V // 2 + 7]])
+    delta = 1e-4 * 20_000 / V if graph == "absorb" else 0.5
+    read = ls.double() if dtype == torch.float64 else ls.float().double()
+    probs = _closed_form_weights(read + shift, x, delta, graph, kind)
+    out = STEP[kind](ls.to(device).expand(1, N, V), x.to(device).expand(1, N).contiguous(),
                      torch.tensor([delta], device=device), graph,
                      torch.Generator(device=device).manual_seed(10),
                      shift=torch.tensor([shift], device=device)).cpu().flatten()
     sp = int(x)
+    group = torch.arange(V) * G // V
     rest = probs.clone()
     rest[sp] = 0
-    groups = torch.bincount(out[out != sp] // 500, minlength=V // 500)
-    ok, info = chi2_ok(torch.cat([groups, (out == sp).sum()[None]]),
-                       torch.cat([rest.reshape(V // 500, 500).sum(1), probs[sp][None]]))
+    counts = torch.bincount(group[out[out != sp]], minlength=G)
+    ok, info = chi2_ok(torch.cat([counts, (out == sp).sum()[None]]),
+                       torch.cat([torch.zeros(G, dtype=torch.float64).index_add_(0, group, rest),
+                                  probs[sp][None]]))
     assert ok, info
 
 
@@ -469,6 +475,17 @@ def test_step_bad_input(device, case, exc, match):
         return
     with pytest.raises(exc, match=match):
         fn(ls, x, d, "uniform", None, frozen)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_log_scores_raise_on_the_cpu(kind):
+    """Issue 13, defect 1, CPU half: NaN log-scores are an error naming the row (the CUDA kernels
+    stop with a device-side assert: tests/test_cuda.py), never a −1 token."""
+    ls = torch.randn(2, 3, 10)
+    ls[1, 2, 4] = float("nan")
+    x = torch.randint(0, 10, (2, 3))
+    with pytest.raises(ValueError, match=r"log_score has NaN entries in row \[1, 2\]"):
+        STEP[kind](ls, x, torch.rand(2), "uniform")
 
 
 def test_perturb_bad_input(device):

@@ -79,6 +79,8 @@ class TrainConfig:
                             "them, instead of fusing the output projection into the loss "
                             "(linear_score_entropy, the default)", True, flag="--no-fused-linear")
     fsdp: bool = _f("FullyShardedDataParallel instead of DDP (GPUs, torchrun)", False)
+    compile: bool = _f("torch.compile the model (trunk + fused loss, fullgraph; the first steps "
+                       "pay the compilation)", False)
     progress: bool = _f("no progress bar", True, flag="--no-progress")
     final_report: bool = _f("skip the final samples and likelihood report", True, flag="--no-report")
 

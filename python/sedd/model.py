@@ -66,6 +66,21 @@ def build_model(config: ModelConfig) -> nn.Module:
     return DDiT(config)
 
 
+def compile_model(model: nn.Module, *, training: bool) -> nn.Module:
+    """torch.compile the network in place with fullgraph=True (a graph break is an error: the
+    fused ops are custom ops with fake kernels, traced like aten ops). training: `forward` — for
+    the DDiT with the fused loss that is trunk + linear_score_entropy in one graph; sampling: the
+    DDiT's `trunk` (the sampler reads DDiT.log_score_parts, whose product feeds the fused step),
+    the AR model's `forward`. Parameters and state_dict are untouched (checkpoints, EMA copies
+    and the paper's layout see the plain module). Idempotent."""
+    name = "trunk" if isinstance(model, DDiT) and not training else "forward"
+    if getattr(model, "_sedd_compiled", None) == name:
+        return model
+    setattr(model, name, torch.compile(getattr(model, name), fullgraph=True))
+    model._sedd_compiled = name
+    return model
+
+
 def is_autoregressive(model) -> bool:
     inner = getattr(model, "module", model)          # DDP / FSDP wrappers
     return getattr(getattr(inner, "config", None), "arch", "ddit") == "ar"

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .model import compile_model
 from .predictors import get_predictor
 from .shaping import Shaping
 
@@ -208,7 +209,7 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
            progress: bool = False, cache: bool = True, use_reference: bool = False,
            return_stats: bool = False, *, window: int | None = None, stride: int | None = None,
            tokens_per_step: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
-           stop_at_eos: bool = False, eos: int | None = None):
+           stop_at_eos: bool = False, eos: int | None = None, compile: bool = False):
     """Draw `num_samples` sequences of `length` tokens; returns the tokens [num_samples, length]
     (with stop_at_eos, a list of 1-D tensors cut after their first EOS), or (that,
     SampleStats) with return_stats=True.
@@ -226,7 +227,9 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
     semi-autoregressive mode, stop once every sequence has one (the rest is not generated).
     cache: the exact per-sequence cache of a time-independent model (module docstring).
     use_reference: take the steps from the plain-PyTorch sedd_kernels.reference ops (dense over
-    [B, L, V]) instead of the fused kernels (absorbing and uniform graphs)."""
+    [B, L, V]) instead of the fused kernels (absorbing and uniform graphs).
+    compile: torch.compile the model's trunk in place first (sedd.model.compile_model; fullgraph,
+    one compilation per window shape)."""
     pred = get_predictor(predictor)
     pred.check_graph(graph)
     if steps < 1:
@@ -255,12 +258,18 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
         raise ValueError(f"stride must be in [1, window = {W}], got {stride}")
 
     device = device or _model_device(model)
+    if compile:
+        compile_model(model, training=False)
     x = graph.sample_limit(num_samples, length, device=device, generator=generator)
     given = tokens = None
     if condition is not None:
         tokens, given = condition
         tokens = tokens.to(device).expand(num_samples, length)
         given = given.to(device).expand(num_samples, length).contiguous()
+        if tokens.shape != given.shape or given.dtype != torch.bool:
+            raise ValueError("condition must be (tokens, given bool) of [num_samples or 1, length]")
+        if bool(((tokens < 0) | (tokens >= graph.n))[given].any()):   # once per call: the steps
+            raise ValueError(f"condition: given tokens must be in [0, {graph.n})")  # skip checks
         x = torch.where(given, tokens, x)
 
     net = _Network(model, cache and time_independent)

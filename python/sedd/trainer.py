@@ -24,7 +24,7 @@ from .distributed import Distributed
 from .graphs import get_graph
 from .hub import load_pretrained, read_run_config
 from .metrics import MetricsLogger, write_samples
-from .model import build_model
+from .model import build_model, compile_model
 from .noise import get_noise
 from .objectives import objective_for
 
@@ -109,6 +109,8 @@ class Trainer:
             if self.is_main:
                 print(f"initialised from {p.path} ({p.weights} weights, {init.layout} layout)")
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        if cfg.compile:
+            compile_model(self.model, training=True)   # after the EMA copy: that stays eager
         self.opt = adamw(self.model.parameters(), cfg.lr)
         self.step = 0
         self.ckpt_root = os.path.join(cfg.out, "checkpoints")
