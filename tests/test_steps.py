@@ -71,12 +71,13 @@ def test_sample_categorical_extreme_weights(device, V):
         assert set(out.unique().tolist()) <= {0, V - 1}
         ok, info = chi2_ok(torch.bincount(out, minlength=V), w.double() / w.double().sum())
         assert ok, (big, info)
-    w = torch.zeros(V, dtype=torch.float64)
-    w[0], w[1] = 1e-300, 3e-300                                 # 1 : 3 far below the float range
-    out = sk.sample_categorical(w.to(device).expand(100_000, V),
-                                torch.Generator(device=device).manual_seed(12)).cpu()
-    ok, info = chi2_ok(torch.bincount(out, minlength=V), w / w.sum())
-    assert ok, info
+    for lo in (1e-300, 1e-320):             # 1 : 3 far below the float range, and subnormal
+        w = torch.zeros(V, dtype=torch.float64)
+        w[0], w[1] = lo, 3 * lo
+        out = sk.sample_categorical(w.to(device).expand(100_000, V),
+                                    torch.Generator(device=device).manual_seed(12)).cpu()
+        ok, info = chi2_ok(torch.bincount(out, minlength=V), w / w.sum())
+        assert ok, (lo, info)
 
 
 def test_sample_categorical_tiny_and_infinite_weights(device):

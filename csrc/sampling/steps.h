@@ -113,8 +113,9 @@ SEDD_HOST_DEVICE double special_weight(const Plan& p, double S_other) {
 // and the uniforms carry 53 random bits (U ≥ 2^-54, so E ≥ 2^-54: the tail is not clipped). A
 // weight of any float (fp32, bf16, fp16: below 3.4e38, above 1e-45) is drawn at its rate to fp64
 // rounding: no key can overflow or underflow. fp64 weights span a wider range, so fp64 rows are
-// scaled once by a power of two that puts their largest weight in [1, 2) (exact); only weights
-// below 2^-1074 of the largest — probability < 1e-300 — then flush to zero.
+// scaled once by a power of two that puts their largest weight in [1, 2) (exact; subnormal rows
+// as far as 2^1023 goes); only weights below 2^-1074 of the largest — probability < 1e-300 —
+// then flush to zero.
 constexpr int64_t kSegment = 8192;
 constexpr int kRecordBits = 14;  // Philox call = segment << 14 | record: < 2^18 segments, ≤ 8192 records
 constexpr uint32_t kSpecialCall = 0xFFFFFFFFu;  // the special entry's call: no segment reaches it
@@ -213,12 +214,13 @@ SEDD_HOST_DEVICE int64_t finish(const Plan& p, const Best& b, double S_other, do
   return others ? b.idx : -1;
 }
 
-// The power of two that brings an fp64 row's largest weight m (> 0, finite) into [1, 2).
+// The power of two that brings an fp64 row's largest weight m (> 0, finite) into [1, 2) — or, for
+// m below 2^-1022 (subnormal), as close as a finite scale of 2^1023 gets.
 SEDD_HOST_DEVICE double row_scale(double m) {
   if (!(m > 0.0) || m == INFINITY) return 1.0;
   int e;
   ::frexp(m, &e);  // m = q·2^e, q ∈ [0.5, 1)
-  return ::ldexp(1.0, 1 - e);
+  return ::ldexp(1.0, 1 - e < 1023 ? 1 - e : 1023);
 }
 
 }  // namespace steps

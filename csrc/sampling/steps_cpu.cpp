@@ -46,7 +46,7 @@ void philox_lanes(cpu::vuint& c0, cpu::vuint& c1, cpu::vuint& c2, cpu::vuint& c3
 
 struct RaceOut {
   Best best{0.0, -1};
-  double sum = 0.0;    // Σ of the transformed values over y ≠ skip (s for steps, w for weights)
+  double sum = 0.0;    // Σ over y ≠ skip of s (steps; f under kTwoPass, unread) or of w (weights)
   double scale = 1.0;  // the power of two the fp64 rows' race ran at (steps.h, row_scale)
   bool bad = false;    // a NaN (or, for weights, a negative value) was seen
 };
