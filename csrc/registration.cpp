@@ -21,18 +21,21 @@ TORCH_LIBRARY(sedd, m) {
       "score_entropy_with_grad_(Tensor(a!) log_score, Tensor x_t, Tensor x_0, Tensor sigma, "
       "str graph, Tensor? offset=None, Tensor? grad=None) -> Tensor");
   // SEDD.md §1: x_t ~ P(σ)[:, x_0] per position; num_tokens = V (absorbing mask = V - 1).
-  // Random bits: Philox keyed by (seed, offset, row, column) (csrc/common/philox.h).
-  m.def("perturb(Tensor x_0, Tensor sigma, str graph, int num_tokens, int seed, int offset) -> Tensor");
+  // Random bits: Philox keyed by (seed, offset, row, column) (csrc/common/philox.h); the sampling
+  // ops read (seed, offset) from `rng`, an int64 [2] tensor on their device, inside the kernel:
+  // drawn by torch's own random op from the caller's generator, so that CUDA-graph capture
+  // replays with fresh numbers and no host value is baked in.
+  m.def("perturb(Tensor x_0, Tensor sigma, str graph, int num_tokens, Tensor rng) -> Tensor");
   // Exponential race over the last dimension of non-negative weights [..., V] -> indices [...].
-  m.def("sample_categorical(Tensor weights, int seed, int offset) -> Tensor");
+  m.def("sample_categorical(Tensor weights, Tensor rng) -> Tensor");
   // SEDD.md §6: one reverse step on log-scores [B, L, V] from tokens x [B, L];
   // kind "euler" (dsigma = Δt·σ̇), "analytic" (dsigma = σ̄(t) − σ̄(t − Δt)) or "denoise"
   // (dsigma = σ̄(t)); frozen [B, L] bool marks positions that keep their token; bias [V] and
   // shift [B] are added to the log-scores, (log_score + bias) + shift (the output projection's
   // bias and the network's scale_by_sigma offset, unmaterialised).
   m.def(
-      "reverse_step(Tensor log_score, Tensor x, Tensor dsigma, str graph, str kind, int seed, "
-      "int offset, Tensor? frozen=None, Tensor? shift=None, Tensor? bias=None) -> Tensor");
+      "reverse_step(Tensor log_score, Tensor x, Tensor dsigma, str graph, str kind, Tensor rng, "
+      "Tensor? frozen=None, Tensor? shift=None, Tensor? bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sedd, CPU, m) {

@@ -99,6 +99,10 @@ def parser():
                                        "(GPT-2's BPE ranks, offline)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture network + step in a CUDA graph per window and replay it (same "
+                        "samples; CUDA, analytic/euler, no --temperature/--top-p, a "
+                        "sigma-conditioned model or --no-cache)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network's trunk (fullgraph; the first call pays the "
                         "compilation; SEDD models only)")
@@ -159,7 +163,8 @@ def _main(argv=None):
                       cache=not args.no_cache, return_stats=True, window=window,
                       stride=args.stride, tokens_per_step=args.tokens_per_step,
                       temperature=args.temperature, top_p=args.top_p,
-                      stop_at_eos=args.stop_at_eos, eos=eos, compile=args.compile)
+                      stop_at_eos=args.stop_at_eos, eos=eos, compile=args.compile,
+                      cuda_graph=args.cuda_graph)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
           + (" (exact cache)" if stats.cached else "")
           + (f", {stats.windows} windows" if stats.windows > 1 else ""), file=sys.stderr)
@@ -187,8 +192,9 @@ def ar_main(args, r, device):
     if length > model.config.max_length:
         raise ValueError(f"--length {length} is longer than the autoregressive model's window "
                          f"{model.config.max_length}")
-    if args.compile:
-        raise ValueError("--compile applies to SEDD models: the autoregressive sampler's KV-cached "
+    if args.compile or args.cuda_graph:
+        flag = "--compile" if args.compile else "--cuda-graph"
+        raise ValueError(f"{flag} applies to SEDD models: the autoregressive sampler's KV-cached "
                          "calls change shape at every token")
     prefix = None
     if args.prefix:

@@ -12,27 +12,19 @@ from ._args import (check_nonneg, check_tokens, graph_name, same_device, sigma_v
 KINDS = ("euler", "analytic", "denoise")
 
 
-def philox_seed_offset(generator: torch.Generator | None, device: torch.device) -> tuple[int, int]:
-    """(seed, offset) for one call of a sampling kernel, advancing the generator as torch's own
-    random ops do: a CUDA (Philox) generator keeps its seed and moves its offset on; a CPU
-    generator (mt19937) gives two fresh 62-bit numbers. Same generator state → same numbers."""
+def philox_rng(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The (seed, offset) of one call of a sampling kernel: an int64 [2] tensor on `device`, two
+    62-bit numbers drawn by torch.randint from `generator` (default: the device's default
+    generator). The kernels read it themselves, so nothing is read back to the host (no sync) and
+    a CUDA-graph capture replays with fresh numbers: torch's own random op advances the
+    generator's Philox offset at capture and at every replay (a non-default generator must be
+    registered with the graph, `CUDAGraph.register_generator_state`). Same generator state →
+    same numbers, captured or not."""
     device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator: a {generator.device.type} generator cannot drive a sampling "
                          f"kernel on {device}; create it with torch.Generator(device={device.type!r})")
-    if device.type == "cuda":
-        if generator is None:
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            generator = torch.cuda.default_generators[index]
-        seed = generator.initial_seed()
-        offset = generator.get_offset()
-        generator.set_offset(offset + 4)
-        seed = seed - (1 << 64) if seed >= (1 << 63) else seed
-        return seed, offset
-    if generator is None:
-        generator = torch.default_generator
-    seed, offset = torch.randint(0, 1 << 62, (2,), generator=generator).tolist()
-    return seed, offset
+    return torch.randint(0, 1 << 62, (2,), device=device, generator=generator)
 
 
 def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
@@ -46,8 +38,8 @@ def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
     if want_validate(validate, x_0):
         check_tokens("perturb", x_0, num_tokens)
         check_nonneg("perturb", sigma, "sigma")
-    seed, offset = philox_seed_offset(generator, x_0.device)
-    return torch.ops.sedd.perturb(x_0, sigma, graph, int(num_tokens), seed, offset)
+    return torch.ops.sedd.perturb(x_0, sigma, graph, int(num_tokens),
+                                  philox_rng(generator, x_0.device))
 
 
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None, *,
@@ -61,8 +53,7 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
             raise ValueError("sample_categorical: weights must be non-negative and not NaN")
         if not bool((weights.amax(dim=-1) > 0).all()):
             raise ValueError("sample_categorical: every row of weights needs a positive entry")
-    seed, offset = philox_seed_offset(generator, weights.device)
-    return torch.ops.sedd.sample_categorical(weights, seed, offset)
+    return torch.ops.sedd.sample_categorical(weights, philox_rng(generator, weights.device))
 
 
 def reverse_step(log_score, x, dsigma, graph, kind, generator=None, frozen=None, *,
@@ -84,9 +75,8 @@ def _step(kind, log_score, x, dsigma, graph, generator, frozen, shift, bias, val
     if want_validate(validate, log_score):
         check_tokens(op, x, log_score.shape[-1])
         check_nonneg(op, dsigma, "dsigma")
-    seed, offset = philox_seed_offset(generator, log_score.device)
-    return torch.ops.sedd.reverse_step(log_score, x, dsigma, graph, kind, seed, offset, frozen,
-                                       shift, bias)
+    return torch.ops.sedd.reverse_step(log_score, x, dsigma, graph, kind,
+                                       philox_rng(generator, log_score.device), frozen, shift, bias)
 
 
 _SHIFT_DOC = """
@@ -154,17 +144,17 @@ def staggered_score(score: torch.Tensor, dsigma, graph) -> torch.Tensor:
 # ---- fake kernels ----
 
 @torch.library.register_fake("sedd::perturb")
-def _perturb_fake(x_0, sigma, graph, num_tokens, seed, offset):
+def _perturb_fake(x_0, sigma, graph, num_tokens, rng):
     return torch.empty_like(x_0)
 
 
 @torch.library.register_fake("sedd::sample_categorical")
-def _sample_categorical_fake(weights, seed, offset):
+def _sample_categorical_fake(weights, rng):
     return weights.new_empty(weights.shape[:-1], dtype=torch.long)
 
 
 @torch.library.register_fake("sedd::reverse_step")
-def _reverse_step_fake(log_score, x, dsigma, graph, kind, seed, offset, frozen=None, shift=None,
+def _reverse_step_fake(log_score, x, dsigma, graph, kind, rng, frozen=None, shift=None,
                        bias=None):
     return torch.empty_like(x)
 

@@ -148,3 +148,15 @@ def test_sampler_steps_on_the_raw_output(graph, parametrisation, predictor):
         prod = prod + shift[:, None, None]
     torch.testing.assert_close(prod.scatter(-1, outs[0][..., None], 0.0), full, rtol=1e-6,
                                atol=1e-6)
+
+
+def test_cuda_graph_needs_cuda_and_the_fused_steps():
+    """sample(cuda_graph=True) refuses what it cannot capture, in one clear error (the capture
+    itself is tested on CUDA: tests/test_cuda.py)."""
+    from sedd.sampling import sample
+    g = Absorbing(9)
+    model = DDiT(ModelConfig(vocab_size=g.V, **TINY)).eval()
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA model"):
+        sample(model, g, LogLinear(), 2, 8, 4, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True applies to the grid predictors"):
+        sample(model, g, LogLinear(), 2, 8, 4, "first_hitting", cuda_graph=True)

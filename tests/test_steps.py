@@ -15,6 +15,11 @@ KINDS = ["euler", "analytic", "denoise"]
 STEP = {"euler": sk.euler_step, "analytic": sk.analytic_step, "denoise": sk.denoise_step}
 
 
+def _rng(device, seed=0, offset=0):
+    """The (seed, offset) tensor the raw sampling ops take."""
+    return torch.tensor([seed, offset], device=device)
+
+
 def chi2(counts, probs):
     """Pearson's statistic of observed counts against probabilities (bins with p > 0)."""
     n = counts.sum()
@@ -315,11 +320,11 @@ def test_bias_and_shift_are_the_materialised_log_scores(device, graph, kind, dty
     r = R.reverse_step(prod, x, d, graph, kind, torch.Generator().manual_seed(4), shift=c, bias=b)
     assert torch.equal(r, R.reverse_step(full, x, d, graph, kind, torch.Generator().manual_seed(4)))
     with pytest.raises(ValueError, match=r"shift must have shape \[B\]"):
-        torch.ops.sedd.reverse_step(prod.to(device), x.to(device), d.to(device), graph, kind, 0, 0,
-                                    None, torch.zeros(3, device=device))
+        torch.ops.sedd.reverse_step(prod.to(device), x.to(device), d.to(device), graph, kind,
+                                    _rng(device), None, torch.zeros(3, device=device))
     with pytest.raises(ValueError, match=r"bias must have shape \[V\]"):
-        torch.ops.sedd.reverse_step(prod.to(device), x.to(device), d.to(device), graph, kind, 0, 0,
-                                    None, None, torch.zeros(V + 1, device=device))
+        torch.ops.sedd.reverse_step(prod.to(device), x.to(device), d.to(device), graph, kind,
+                                    _rng(device), None, None, torch.zeros(V + 1, device=device))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -436,11 +441,12 @@ def test_opcheck(device):
     frozen = torch.rand(2, 3, device=device) < 0.5
     for kind in KINDS:
         torch.library.opcheck(torch.ops.sedd.reverse_step.default,
-                              (ls, x, d, "uniform", kind, 5, 0, frozen))
+                              (ls, x, d, "uniform", kind, _rng(device, 5, 0), frozen))
         torch.library.opcheck(torch.ops.sedd.reverse_step.default,
-                              (ls, x, d, "absorb", kind, 5, 0, None, d.float(), ls[0, 0]))
-    torch.library.opcheck(torch.ops.sedd.sample_categorical.default, (ls.exp(), 3, 4))
-    torch.library.opcheck(torch.ops.sedd.perturb.default, (x, d, "absorb", 71, 1, 2))
+                              (ls, x, d, "absorb", kind, _rng(device, 5, 0), None, d.float(),
+                               ls[0, 0]))
+    torch.library.opcheck(torch.ops.sedd.sample_categorical.default, (ls.exp(), _rng(device, 3, 4)))
+    torch.library.opcheck(torch.ops.sedd.perturb.default, (x, d, "absorb", 71, _rng(device, 1, 2)))
 
 
 @pytest.mark.parametrize("case, exc, match", [
@@ -472,7 +478,7 @@ def test_step_bad_input(device, case, exc, match):
         ls = ls[0]
     if case == "kind":
         with pytest.raises(exc, match=match):
-            torch.ops.sedd.reverse_step(ls, x, d, "uniform", "leap", 0, 0, None)
+            torch.ops.sedd.reverse_step(ls, x, d, "uniform", "leap", _rng(device), None)
         return
     with pytest.raises(exc, match=match):
         fn(ls, x, d, "uniform", None, frozen)
@@ -498,6 +504,21 @@ def test_perturb_bad_input(device):
         sk.perturb(x0, -1.0, "absorb", 6)
     with pytest.raises(ValueError, match="graph must be"):
         sk.perturb(x0, 1.0, "masked", 6)
+
+
+def test_rng_argument_is_checked(device):
+    """The raw ops take (seed, offset) as an int64 [2] tensor on their device (read in-kernel:
+    CUDA-graph safe); anything else is an error naming it."""
+    w = torch.rand(3, 5, device=device)
+    for bad, exc, match in [(torch.tensor([1.0, 2.0], device=device), TypeError, "rng must be an int64"),
+                            (torch.tensor([1, 2, 3], device=device), ValueError, r"rng must have shape \[2\]")]:
+        with pytest.raises(exc, match=match):
+            torch.ops.sedd.sample_categorical(w, bad)
+    if device.type == "cuda":
+        with pytest.raises(ValueError, match="rng must be on the same device"):
+            torch.ops.sedd.sample_categorical(w, torch.tensor([1, 2]))
+    a = torch.ops.sedd.sample_categorical(w, _rng(device, 7, 9))
+    assert torch.equal(a, torch.ops.sedd.sample_categorical(w, _rng(device, 7, 9)))
 
 
 def test_wrapper_errors_name_the_op_called():

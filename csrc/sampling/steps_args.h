@@ -6,10 +6,29 @@
 #include "../common/checks.h"
 #include "steps.h"
 
+#include <utility>
 #include <vector>
 
 namespace sedd {
 namespace steps {
+
+// rng: the (seed, offset) pair of a sampling op, an int64 [2] tensor on the op's device (read by
+// the kernels themselves: graph-capture safe). Returns it contiguous.
+inline at::Tensor check_rng(const char* op, const at::Tensor& rng, const at::Tensor& ref,
+                            const char* ref_name) {
+  SEDD_CHECK_TYPE(rng.scalar_type() == at::kLong, op, ": rng must be an int64 tensor, got ",
+                  dtype_str(rng));
+  SEDD_CHECK_VALUE(rng.dim() == 1 && rng.size(0) == 2, op,
+                   ": rng must have shape [2] (seed, offset), got ", shape_str(rng));
+  check_same_device(op, ref, ref_name, rng, "rng");
+  return rng.contiguous();
+}
+
+// (seed, offset) of a CPU rng tensor.
+inline std::pair<uint64_t, uint64_t> rng_values(const at::Tensor& rng) {
+  const int64_t* p = rng.data_ptr<int64_t>();
+  return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
+}
 
 inline Kind parse_kind(const char* op, c10::string_view name) {
   if (name == "euler") return Kind::kEuler;

@@ -172,7 +172,7 @@ RaceOut race_row(const T* row, int64_t V, int64_t skip, double gamma, cpu::acc_t
 
 at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
                             const at::Tensor& dsigma, c10::string_view graph,
-                            c10::string_view kind, int64_t seed, int64_t offset,
+                            c10::string_view kind, const at::Tensor& rng,
                             const c10::optional<at::Tensor>& frozen,
                             const c10::optional<at::Tensor>& shift,
                             const c10::optional<at::Tensor>& bias) {
@@ -194,7 +194,7 @@ at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
   at::Tensor out = at::empty({a.B, a.L}, x.options());
   int64_t* op_out = out.data_ptr<int64_t>();
   std::atomic<int64_t> bad_row{-1};
-  const uint64_t useed = static_cast<uint64_t>(seed), uoff = static_cast<uint64_t>(offset);
+  const auto [useed, uoff] = steps::rng_values(steps::check_rng(op, rng, log_score, "log_score"));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, log_score.scalar_type(), "reverse_step_cpu", [&] {
     using acc_t = cpu::acc_t<scalar_t>;
     const acc_t* bp = in.bias.defined() ? in.bias.data_ptr<acc_t>() : nullptr;
@@ -236,8 +236,9 @@ at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
   return out;
 }
 
-at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64_t offset) {
+at::Tensor sample_categorical_cpu(const at::Tensor& weights, const at::Tensor& rng) {
   const char* op = "sample_categorical";
+  const auto [useed, uoff] = steps::rng_values(steps::check_rng(op, rng, weights, "weights"));
   steps::CategoricalRows c = steps::categorical_rows(op, weights);
   at::Tensor out = c.out;
   if (!c.rows.defined()) return out;
@@ -245,7 +246,6 @@ at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64
   const int64_t R = w.size(0), V = w.size(1), sR = w.stride(0);
   int64_t* po = out.data_ptr<int64_t>();
   std::atomic<int64_t> bad_row{-1}, zero_row{-1};
-  const uint64_t useed = static_cast<uint64_t>(seed), uoff = static_cast<uint64_t>(offset);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "sample_categorical_cpu", [&] {
     const scalar_t* base = w.data_ptr<scalar_t>();
     at::parallel_for(0, R, cpu::row_grain(V), [&](int64_t begin, int64_t end) {
@@ -267,8 +267,9 @@ at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64
 }
 
 at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
-                       int64_t num_tokens, int64_t seed, int64_t offset) {
+                       int64_t num_tokens, const at::Tensor& rng) {
   const char* op = "perturb";
+  const auto [useed, uoff] = steps::rng_values(steps::check_rng(op, rng, x_0, "x_0"));
   const steps::PerturbInputs in = steps::prepare_perturb(op, x_0, sigma, graph, num_tokens);
   const Graph g = in.graph;
   const int64_t B = x_0.size(0), L = x_0.size(1), V = num_tokens;
@@ -283,7 +284,6 @@ at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::stri
   }
   at::Tensor out = at::empty({B, L}, x_0.options());
   int64_t* po = out.data_ptr<int64_t>();
-  const uint64_t useed = static_cast<uint64_t>(seed), uoff = static_cast<uint64_t>(offset);
   std::vector<double> p_move(B);
   for (int64_t b = 0; b < B; ++b) p_move[b] = -std::expm1(-sp[b]);
   const philox::Key key = philox::make_key(useed, uoff);

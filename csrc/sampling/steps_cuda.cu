@@ -199,11 +199,12 @@ step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, in
             const int64_t* __restrict__ xs, const double* __restrict__ ds,
             const bool* __restrict__ frozen, const double* __restrict__ shifts,
             const at::acc_type<T, true>* __restrict__ bias, Graph g,
-            steps::Kind kind, uint64_t seed, uint64_t offset, int64_t* __restrict__ out) {
+            steps::Kind kind, const int64_t* __restrict__ rng, int64_t* __restrict__ out) {
   using A = at::acc_type<T, true>;
   __shared__ RaceSmem sm;
   const int64_t r = row_index<TPR>();
   if (r >= rows) return;
+  const uint64_t seed = static_cast<uint64_t>(rng[0]), offset = static_cast<uint64_t>(rng[1]);
   const int t = row_thread<TPR>();
   const int64_t b = r / L, x = xs[r];
   const double delta = ds[b];
@@ -249,12 +250,13 @@ step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, in
 
 template <typename T, int TPR>
 __global__ void __launch_bounds__(kBlock)
-categorical_kernel(const T* __restrict__ w, int64_t sR, int64_t rows, int V, uint64_t seed,
-                   uint64_t offset, int64_t* __restrict__ out) {
+categorical_kernel(const T* __restrict__ w, int64_t sR, int64_t rows, int V,
+                   const int64_t* __restrict__ rng, int64_t* __restrict__ out) {
   using A = at::acc_type<T, true>;
   __shared__ RaceSmem sm;
   const int64_t r = row_index<TPR>();
   if (r >= rows) return;
+  const uint64_t seed = static_cast<uint64_t>(rng[0]), offset = static_cast<uint64_t>(rng[1]);
   const int t = row_thread<TPR>();
   const T* row = w + r * sR;
   const double scale = scale_of<TPR, false>(row, V, -1, false, A(0), A(0),
@@ -274,10 +276,11 @@ categorical_kernel(const T* __restrict__ w, int64_t sR, int64_t rows, int V, uin
 }
 
 __global__ void perturb_kernel(const int64_t* __restrict__ x0, const double* __restrict__ sigma,
-                               int64_t n, int64_t L, Graph g, int64_t V, uint64_t seed,
-                               uint64_t offset, int64_t* __restrict__ out) {
+                               int64_t n, int64_t L, Graph g, int64_t V,
+                               const int64_t* __restrict__ rng, int64_t* __restrict__ out) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n) return;
+  const uint64_t seed = static_cast<uint64_t>(rng[0]), offset = static_cast<uint64_t>(rng[1]);
   const int64_t x = x0[r];
   const double s = sigma[r / L];
   SEDD_DEVICE_CHECK(x >= 0 && x < V, "perturb: x_0 must hold token ids in [0, num_tokens)");
@@ -291,7 +294,7 @@ __global__ void perturb_kernel(const int64_t* __restrict__ x0, const double* __r
 void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
                               const at::Tensor& ds, const at::Tensor& frozen,
                               const at::Tensor& shift, const at::Tensor& bias, Graph g,
-                              steps::Kind kind, int64_t seed, int64_t offset, at::Tensor& out) {
+                              steps::Kind kind, const at::Tensor& rng, at::Tensor& out) {
   const int64_t L = log_score.size(1), V = log_score.size(2);
   const int64_t rows = log_score.size(0) * L;
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -304,35 +307,34 @@ void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
           frozen.defined() ? frozen.data_ptr<bool>() : nullptr,
           shift.defined() ? shift.data_ptr<double>() : nullptr,
           bias.defined() ? bias.data_ptr<at::acc_type<scalar_t, true>>() : nullptr, g, kind,
-          static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out.data_ptr<int64_t>());
+          rng.data_ptr<int64_t>(), out.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
 
-void sample_categorical_cuda_launch(const at::Tensor& w, int64_t seed, int64_t offset,
-                                    at::Tensor& out) {
+void sample_categorical_cuda_launch(const at::Tensor& w, const at::Tensor& rng, at::Tensor& out) {
   const int64_t rows = w.size(0), V = w.size(1);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(),
                                   "sample_categorical_cuda", [&] {
     launch_rows(rows, V, [&](auto tpr, int64_t blocks) {
       categorical_kernel<scalar_t, decltype(tpr)::value><<<blocks, kBlock, 0, stream>>>(
-          w.data_ptr<scalar_t>(), w.stride(0), rows, static_cast<int>(V),
-          static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out.data_ptr<int64_t>());
+          w.data_ptr<scalar_t>(), w.stride(0), rows, static_cast<int>(V), rng.data_ptr<int64_t>(),
+          out.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
 
 void perturb_cuda_launch(const at::Tensor& x0, const at::Tensor& sigma, Graph g, int64_t V,
-                         int64_t seed, int64_t offset, at::Tensor& out) {
+                         const at::Tensor& rng, at::Tensor& out) {
   const int64_t n = x0.numel();
   if (n == 0) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   perturb_kernel<<<(n + 255) / 256, 256, 0, stream>>>(
       x0.data_ptr<int64_t>(), sigma.data_ptr<double>(), n, x0.size(1), g, V,
-      static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out.data_ptr<int64_t>());
+      rng.data_ptr<int64_t>(), out.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -8,22 +8,22 @@
 namespace sedd {
 
 at::Tensor perturb_cpu(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
-                       int64_t num_tokens, int64_t seed, int64_t offset);
-at::Tensor sample_categorical_cpu(const at::Tensor& weights, int64_t seed, int64_t offset);
+                       int64_t num_tokens, const at::Tensor& rng);
+at::Tensor sample_categorical_cpu(const at::Tensor& weights, const at::Tensor& rng);
 at::Tensor reverse_step_cpu(const at::Tensor& log_score, const at::Tensor& x,
                             const at::Tensor& dsigma, c10::string_view graph,
-                            c10::string_view kind, int64_t seed, int64_t offset,
+                            c10::string_view kind, const at::Tensor& rng,
                             const c10::optional<at::Tensor>& frozen,
                             const c10::optional<at::Tensor>& shift,
                             const c10::optional<at::Tensor>& bias);
 
 #ifdef SEDD_WITH_CUDA
 at::Tensor perturb_cuda(const at::Tensor& x_0, const at::Tensor& sigma, c10::string_view graph,
-                        int64_t num_tokens, int64_t seed, int64_t offset);
-at::Tensor sample_categorical_cuda(const at::Tensor& weights, int64_t seed, int64_t offset);
+                        int64_t num_tokens, const at::Tensor& rng);
+at::Tensor sample_categorical_cuda(const at::Tensor& weights, const at::Tensor& rng);
 at::Tensor reverse_step_cuda(const at::Tensor& log_score, const at::Tensor& x,
                              const at::Tensor& dsigma, c10::string_view graph,
-                             c10::string_view kind, int64_t seed, int64_t offset,
+                             c10::string_view kind, const at::Tensor& rng,
                              const c10::optional<at::Tensor>& frozen,
                              const c10::optional<at::Tensor>& shift,
                              const c10::optional<at::Tensor>& bias);
@@ -32,11 +32,11 @@ at::Tensor reverse_step_cuda(const at::Tensor& log_score, const at::Tensor& x,
 void reverse_step_cuda_launch(const at::Tensor& log_score, const at::Tensor& x,
                               const at::Tensor& ds, const at::Tensor& frozen,
                               const at::Tensor& shift, const at::Tensor& bias, Graph g,
-                              steps::Kind kind, int64_t seed, int64_t offset, at::Tensor& out);
-void sample_categorical_cuda_launch(const at::Tensor& w, int64_t seed, int64_t offset,
+                              steps::Kind kind, const at::Tensor& rng, at::Tensor& out);
+void sample_categorical_cuda_launch(const at::Tensor& w, const at::Tensor& rng,
                                     at::Tensor& out);
 void perturb_cuda_launch(const at::Tensor& x0, const at::Tensor& sigma, Graph g, int64_t V,
-                         int64_t seed, int64_t offset, at::Tensor& out);
+                         const at::Tensor& rng, at::Tensor& out);
 #endif
 
 }  // namespace sedd

@@ -114,14 +114,15 @@ class _Network:
             return self.model(x, sigma)
         return self.model.log_score_from_clean(self._clean(x), x, sigma)
 
-    def step_scores(self, x, sigma):
+    def step_scores(self, x, sigma, count=True):
         """(prod, parts) with log-scores = (prod + parts["bias"]) + parts["shift"] and the current
         token's entry ignored — what the fused steps read (model.log_score_parts): the
         [B, W, V] block is written once, by the network's product, and read once, by the step.
         Read-only (it may be the cache's own tensor, or the block the next call writes into)."""
         if not self.use_cache:
-            self.calls += 1
-            self.sequences += x.shape[0]
+            if count:
+                self.calls += 1
+                self.sequences += x.shape[0]
             # the previous step's block is free again (its step has run): write into it
             reuse = self.buffer if self.buffer is not None and self.buffer.shape[:2] == x.shape \
                 else None
@@ -152,8 +153,56 @@ def model_window(model) -> int | None:
     return getattr(getattr(model, "config", None), "max_length", None)
 
 
+class _CapturedStep:
+    """One predictor step — network + fused step kernel — captured once in a CUDA graph and
+    replayed with new σ, δσ and x written into its static inputs (no host sync, no launch
+    overhead). The kernels read their Philox seed/offset from a tensor drawn by torch's own
+    random op, so every replay draws fresh numbers, the same ones the uncaptured step would draw
+    from the same generator state. The warm-up before the capture runs on copies and gives the
+    generator its state back."""
+
+    def __init__(self, net, graph, pred, x, frozen, generator):
+        self.net, self.graph, self.pred, self.frozen = net, graph, pred, frozen
+        self.generator = generator
+        self.x = x.clone()
+        self.sigma = torch.zeros(x.shape[0], device=x.device)
+        self.dsigma = torch.zeros(x.shape[0], device=x.device)
+        gen = generator or torch.cuda.default_generators[x.device.index or 0]
+        state = gen.get_state()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        gen.set_state(state)
+        self.cuda_graph = torch.cuda.CUDAGraph()
+        if generator is not None:
+            if not hasattr(self.cuda_graph, "register_generator_state"):
+                raise ValueError(f"cuda_graph=True with a generator needs torch >= 2.5 "
+                                 f"(CUDAGraph.register_generator_state); torch "
+                                 f"{torch.__version__} can capture the default generator only")
+            self.cuda_graph.register_generator_state(generator)
+        with torch.cuda.graph(self.cuda_graph):
+            self.out = self._run()
+
+    def _run(self):
+        log_score, parts = self.net.step_scores(self.x, self.sigma, count=False)
+        return self.pred.step(self.graph, log_score, self.x, self.dsigma, self.generator,
+                              self.frozen, False, validate=False, **parts)
+
+    def __call__(self, x, sigma, dsigma):
+        self.x.copy_(x)
+        self.sigma.fill_(sigma)
+        self.dsigma.fill_(dsigma)
+        self.cuda_graph.replay()
+        self.net.calls += 1
+        self.net.sequences += x.shape[0]
+        return self.out.clone()
+
+
 def _grid_window(net, graph, noise, pred, x, frozen, *, steps, denoise, eps, generator,
-                 use_reference, shaping, progress):
+                 use_reference, shaping, progress, cuda_graph=False):
     """The grid predictors over one window: `steps` predictor steps, then the denoiser."""
     B, dev = x.shape[0], x.device
 
@@ -175,13 +224,23 @@ def _grid_window(net, graph, noise, pred, x, frozen, *, steps, denoise, eps, gen
             return log_score, dict(parts, validate=False)
         return shaping.scores(net.log_score(x, per_sequence(sigma)), x, graph), {}
 
+    captured = None
+    if cuda_graph:
+        if dev.type != "cuda" or not fold or net.use_cache:
+            raise ValueError("cuda_graph=True needs a CUDA model, the fused steps (no "
+                             "use_reference, temperature or top-p) and no exact cache "
+                             "(cache=False for a clean model)")
+        captured = _CapturedStep(net, graph, pred, x, frozen, generator)
     dt = (1 - eps) / steps
     grid = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
     for k in range(steps):
         t = grid[k]
-        log_score, parts = scores_at(x, noise.total(t))
-        dsigma = per_sequence(pred.dsigma(noise, t, grid[k + 1], dt))
-        x = pred.step(graph, log_score, x, dsigma, generator, frozen, use_reference, **parts)
+        if captured is not None:
+            x = captured(x, float(noise.total(t)), float(pred.dsigma(noise, t, grid[k + 1], dt)))
+        else:
+            log_score, parts = scores_at(x, noise.total(t))
+            dsigma = per_sequence(pred.dsigma(noise, t, grid[k + 1], dt))
+            x = pred.step(graph, log_score, x, dsigma, generator, frozen, use_reference, **parts)
         if progress is not None:
             progress.update(1)
     if denoise:
@@ -209,7 +268,8 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
            progress: bool = False, cache: bool = True, use_reference: bool = False,
            return_stats: bool = False, *, window: int | None = None, stride: int | None = None,
            tokens_per_step: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
-           stop_at_eos: bool = False, eos: int | None = None, compile: bool = False):
+           stop_at_eos: bool = False, eos: int | None = None, compile: bool = False,
+           cuda_graph: bool = False):
     """Draw `num_samples` sequences of `length` tokens; returns the tokens [num_samples, length]
     (with stop_at_eos, a list of 1-D tensors cut after their first EOS), or (that,
     SampleStats) with return_stats=True.
@@ -229,7 +289,10 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
     use_reference: take the steps from the plain-PyTorch sedd_kernels.reference ops (dense over
     [B, L, V]) instead of the fused kernels (absorbing and uniform graphs).
     compile: torch.compile the model's trunk in place first (sedd.model.compile_model; fullgraph,
-    one compilation per window shape)."""
+    one compilation per window shape).
+    cuda_graph: capture one predictor step (network + fused step) in a CUDA graph per window and
+    replay it (_CapturedStep): same tokens as without for the same generator state; needs CUDA,
+    the fused steps without temperature/top-p, a grid predictor and no exact cache."""
     pred = get_predictor(predictor)
     pred.check_graph(graph)
     if steps < 1:
@@ -238,6 +301,8 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
         raise ValueError(f"length and num_samples must be >= 1, got {length}, {num_samples}")
     if tokens_per_step is not None and tokens_per_step < 1:
         raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
+    if cuda_graph and pred.loop is not None:
+        raise ValueError(f"cuda_graph=True applies to the grid predictors, not {predictor!r}")
     if tokens_per_step is not None and pred.loop is None:
         raise ValueError(f"tokens_per_step applies to predictor 'first_hitting', not {predictor!r}")
     shaping = Shaping(temperature, top_p)
@@ -291,7 +356,8 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
                 xw, ev = pred.loop(net, graph, noise, xw, frozen, tokens_per_step=tokens_per_step,
                                    **run)
             else:
-                xw, ev = _grid_window(net, graph, noise, pred, xw, frozen, denoise=denoise, **run)
+                xw, ev = _grid_window(net, graph, noise, pred, xw, frozen, denoise=denoise,
+                                      cuda_graph=cuda_graph, **run)
             x[:, win] = xw
             done[:, win] = True
             evaluations += ev
