@@ -220,8 +220,10 @@ class _LinearScoreEntropy(torch.autograd.Function):
             grads = ctx.saved_tensors
             # The usual upstream gradient is exactly 1 (the trainer folds every factor into
             # token_weight): then the stored gradients are returned as they are, with no second
-            # [V, H] buffer (one host sync on CUDA to find out; always scaled when compiling).
-            if torch.compiler.is_compiling() or grad.numel() != 1 or not bool(grad == 1):
+            # [V, H] buffer. Finding out reads the value: done on the CPU only; on CUDA (no host
+            # sync) and when compiling the gradients are always scaled.
+            if (grad.device.type != "cpu" or torch.compiler.is_compiling() or grad.numel() != 1
+                    or not bool(grad == 1)):
                 grads = tuple(t * grad.to(t.dtype) for t in grads)
         else:
             hidden, weight, bias, x_t, x_0, sigma, offset = ctx.saved_tensors

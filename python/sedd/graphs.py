@@ -41,8 +41,8 @@ class Graph:
         return self.name
 
     # ---- forward process and loss
-    def perturb(self, x0, sigma, generator=None):
-        return sk.perturb(x0, sigma, self.name, self.V, generator)
+    def perturb(self, x0, sigma, generator=None, *, validate=None):
+        return sk.perturb(x0, sigma, self.name, self.V, generator, validate=validate)
 
     def score_entropy(self, log_score, x_t, x_0, sigma, *, use_reference=False):
         if use_reference:
@@ -140,7 +140,7 @@ class General(Graph):
     def spec(self) -> str:
         return f"general:{self.path}" if self.path else "general"
 
-    def perturb(self, x0, sigma, generator=None):
+    def perturb(self, x0, sigma, generator=None, *, validate=None):
         return self.g.perturb(x0, sigma, generator)
 
     def score_entropy(self, log_score, x_t, x_0, sigma, *, use_reference=False):

@@ -7,14 +7,21 @@ import math
 import torch
 
 
-def _noised(x0, graph, noise, generator, t, eps_t):
+def _to(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
+    """A small host tensor onto the device without a host sync (non_blocking: from pageable
+    memory CUDA stages the copy itself before returning, so the source may change afterwards)."""
+    return t.to(device=device, dtype=dtype, non_blocking=True)
+
+
+def _noised(x0, graph, noise, generator, t, eps_t, validate=None):
     """t ~ U(ε_t, 1) per sequence (or the given t), σ̄(t), σ̇(t) (float64, CPU) and x_t."""
     B = x0.shape[0]
     if t is None:
         t = (1 - eps_t) * torch.rand(B, generator=generator, dtype=torch.float64) + eps_t
     t = t.to(torch.float64).cpu()
     sigma, dsigma = noise.total(t), noise.rate(t)
-    xt = graph.perturb(x0, sigma.to(x0.device), generator if x0.device.type == "cpu" else None)
+    xt = graph.perturb(x0, _to(sigma, x0.device), generator if x0.device.type == "cpu" else None,
+                       validate=validate)
     return sigma, dsigma, xt
 
 
@@ -25,19 +32,22 @@ def can_fuse_linear(model, graph) -> bool:
 
 
 def batch_loss(model, x0, graph, noise, generator=None, *, eps_t: float = 1e-3,
-               use_reference: bool = False, fused_linear: bool = True, scale: float = 1.0):
+               use_reference: bool = False, fused_linear: bool = True, scale: float = 1.0,
+               validate: bool | None = None):
     """scale · mean over the batch of loss_fn (one scalar, what the trainer differentiates). With
     fused_linear (and a model/graph that allow it) the output projection and the loss are fused
     (sedd_kernels.linear_score_entropy): the [B, L, V] log-scores are never materialised. Same
-    random draws, same value as the unfused path."""
+    random draws, same value as the unfused path. validate=False skips the kernels' host checks
+    of x0 (the trainer checks its batches on the host before they go to the device): on CUDA the
+    fused path then makes no host sync except the absorbing loss's count of masked rows."""
     if use_reference or not fused_linear or not can_fuse_linear(model, graph):
         return loss_fn(model, x0, graph, noise, generator, eps_t=eps_t,
                        use_reference=use_reference).mean() * scale
-    sigma, dsigma, xt = _noised(x0, graph, noise, generator, None, eps_t)
-    weight = (dsigma * (scale / x0.shape[0])).to(x0.device)
-    return model(xt, sigma.to(device=x0.device, dtype=torch.float32),
-                 fused_loss=dict(x_0=x0, sigma_total=sigma.to(x0.device), graph=graph.name,
-                                 token_weight=weight))
+    sigma, dsigma, xt = _noised(x0, graph, noise, generator, None, eps_t, validate)
+    weight = _to(dsigma * (scale / x0.shape[0]), x0.device)
+    return model(xt, _to(sigma, x0.device, torch.float32),
+                 fused_loss=dict(x_0=x0, sigma_total=_to(sigma, x0.device), graph=graph.name,
+                                 token_weight=weight, validate=validate))
 
 
 def loss_fn(model, x0, graph, noise, generator=None, *, t=None, eps_t: float = 1e-3,

@@ -314,7 +314,7 @@ class DDiT(nn.Module):
         return not self.time_independent
 
     def fused_loss(self, x, sigma, *, x_0, sigma_total, graph, token_weight=None,
-                   reduction="sum"):
+                   reduction="sum", validate=None):
         """Σ token_weight·SE(forward(x, σ), x_0) (SEDD.md §3) — or with reduction="none" the
         per-token SE [B, L] — without materialising the log-scores: the output projection, the
         scale_by_sigma offset and the loss fused in row chunks (the zero at the current token is
@@ -327,7 +327,8 @@ class DDiT(nn.Module):
         hidden = modulate(fl.norm_final(h), shift, scale)
         return sk.linear_score_entropy(hidden, fl.linear.weight, fl.linear.bias, x, x_0,
                                        sigma_total, graph, self.log_score_offset(sigma.float()),
-                                       reduction=reduction, token_weight=token_weight)
+                                       reduction=reduction, token_weight=token_weight,
+                                       validate=validate)
 
     def log_score_parts(self, x, sigma, out=None):
         """(prod [B, L, V], bias [V] or None, shift [B] or None) with forward(x, σ) =

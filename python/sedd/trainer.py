@@ -175,7 +175,13 @@ class Trainer:
         for g in range(start, start + cfg.batch_size):
             epoch, pos = divmod(g, N)
             idx.append(int(self._perm(epoch, N)[pos]))
-        return torch.stack([data[i] for i in idx]).to(self.device)
+        x0 = torch.stack([data[i] for i in idx])
+        # checked here on the host, so the loss kernels need not read it back from the device
+        n = self.corpus.tokenizer.n
+        if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= n):
+            raise ValueError(f"training data: token ids must be in [0, {n}), got "
+                             f"[{int(x0.min())}, {int(x0.max())}] in the batch of step {step}")
+        return x0.to(self.device, non_blocking=True)
 
     def _perm(self, epoch, N):
         cache = getattr(self, "_perm_cache", None)
