@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (no network; torch with CUDA preinstalled):
 # build the extension with CUDA, run the test suite (CUDA variants included), run the CUDA
-# benchmarks and print their summary tables, within one deadline (BUDGET_S, default 450 s from
-# the start of the build) so that it ends inside 8 minutes; stages left without time are named.
+# benchmarks and print their summary tables, within one deadline (BUDGET_S, default 350 s from
+# the start of the build) so that it ends inside 6 minutes; stages left without time are named.
 #   bash bench/device_check.sh                   (writes logs and JSON to $OUT when it is set)
 #   SUITES="linear sampler" bash bench/device_check.sh   (a subset of the benchmark suites)
 set -uo pipefail
@@ -26,15 +26,15 @@ fi
 echo "built in $(( $(date +%s) - start )) s"
 "$PY" -c 'import sedd_kernels as s; print(s.build_info())'
 
-# Everything after the build shares one deadline (BUDGET_S seconds from the start, default 450):
+# Everything after the build shares one deadline (BUDGET_S seconds from the start, default 350):
 # a stage that would start with under 30 s left is skipped and named, so the call never overruns.
-deadline=$(( start + ${BUDGET_S:-450} ))
+deadline=$(( start + ${BUDGET_S:-350} ))
 left() { echo $(( deadline - $(date +%s) )); }
 cap() { local l; l=$(left); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 skipped=""
 
 echo "== tests (the CUDA variants; the CPU ones run in CI)"
-timeout "$(cap 180)" "$PY" -m pytest tests -q -p no:cacheprovider -k "cuda and not test_bad_input" \
+timeout "$(cap 240)" "$PY" -m pytest tests -q -p no:cacheprovider -k "cuda and not test_bad_input" \
   2>&1 | tee "$OUT/tests.log" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # input errors in a process of their own, verbose, so that a crash names its case
