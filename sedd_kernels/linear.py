@@ -141,7 +141,8 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
     w_c = weight.to(cd)
     b_c = bias.to(cd) if bias is not None else None
     wt = w_c.t()
-    with torch.autocast(hidden.device.type, enabled=False):
+    block = None                   # one [chunk, V] block for every chunk: allocated (and its
+    with torch.autocast(hidden.device.type, enabled=False):     # pages touched) once per call
         for s in range(0, n_active, chunk):
             e = min(s + chunk, n_active)
             n = e - s
@@ -151,7 +152,13 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
                 idx = rows[s:e]
                 pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731
             h = pick(hid_c)
-            logits = torch.addmm(b_c, h, wt) if b_c is not None else h @ wt      # [n, V]
+            if block is None:
+                block = hid_c.new_empty(min(chunk, n_active), V)
+            logits = block[:n]                                                 # [n, V]
+            if b_c is not None:
+                torch.addmm(b_c, h, wt, out=logits)
+            else:
+                torch.mm(h, wt, out=logits)
             off, rw = pick(offset), pick(row_weight)
             part = torch.ops.sedd.score_entropy_with_grad_(
                 logits.view(n, 1, V), pick(x_t).view(n, 1), pick(x_0).view(n, 1), pick(sigma),
@@ -162,7 +169,6 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
             else:
                 loss.index_copy_(0, idx, part)
             if not compute_grad:
-                del logits             # free this chunk's block before the next one is made
                 continue
             g = logits                                                         # now ∂/∂logits
             if rows is None:
@@ -174,7 +180,7 @@ def _rows(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], x_t: Tensor, x
             _accumulate(gw, g.t(), h)
             if bias is not None:
                 gb += g.sum(0, dtype=acc)
-            del logits, g              # free this chunk's block before the next one is made
+            del logits, g
     if compute_grad:
         gw = gw.to(weight.dtype)
         if bias is not None:
