@@ -39,6 +39,12 @@ def make_inputs(device, dtype, case):
 def implementation(impl, kind, graph):
     if impl == "fused":
         return lambda ls, x, d: sk.reverse_step(ls, x, d, graph, kind, validate=False)
+    if impl == "fused+bias+shift":     # the sampler's form: the bare projection product
+        def parts(ls, x, d):
+            bias = torch.zeros(ls.shape[-1], device=ls.device)
+            shift = torch.full((ls.shape[0],), -10.8, device=ls.device)
+            return sk.reverse_step(ls, x, d, graph, kind, bias=bias, shift=shift, validate=False)
+        return parts
     def ref(ls, x, d):
         return R.reverse_step(ls, x, d, graph, kind)
     return ref if impl == "reference" else compiled(("step", kind, graph), ref)
@@ -49,7 +55,7 @@ def cases():
         for dtype in row_dtypes(device):
             for case in CASES:
                 for kind in ("euler", "analytic"):
-                    for impl in ("fused", "reference", "compiled"):
+                    for impl in ("fused", "fused+bias+shift", "reference", "compiled"):
                         yield pytest.param(device, dtype, case, kind, impl,
                                            id=f"{device}-{str(dtype)[6:]}-{case}-{kind}-{impl}")
 
@@ -64,8 +70,10 @@ def test_step(benchmark, device, dtype, case, kind, impl):
             f(ls, x, d)
         sync(device)
 
-    time_it(benchmark, run, device, rounds=rounds(device, impl))
+    parts = impl == "fused+bias+shift"     # its own row of the summary, in the fused column
+    time_it(benchmark, run, device, rounds=rounds(device, "fused" if parts else impl))
     record_kernel(benchmark, suite="steps", op=f"{kind}_step", device=device, dtype=dtype,
-                  case=f"{case} [{ls.shape[0]}, {ls.shape[1]}, {V}]", impl=impl, pass_="step",
+                  case=f"{case} [{ls.shape[0]}, {ls.shape[1]}, {V}]" + (" + bias, shift" if parts else ""),
+                  impl="fused" if parts else impl, pass_="step",
                   bytes_moved=moving * V * ls.element_size(),
                   size_bytes=ls.numel() * ls.element_size())

@@ -146,6 +146,11 @@ def _main(argv=None):
         raise ValueError(f"--tokens-per-step applies to --predictor first_hitting, not "
                          f"{args.predictor}")
     predictor.check_graph(r.graph)
+    if args.cuda_graph and torch.device(device).type != "cuda":
+        raise ValueError("--cuda-graph needs a CUDA device (--device cuda)")
+    if args.cuda_graph and predictor.loop is not None:
+        raise ValueError(f"--cuda-graph applies to --predictor analytic or euler, not "
+                         f"{args.predictor}")
     eos = eos_id(args, tok)
     length = args.length or r.length
     condition = None

@@ -98,6 +98,8 @@ def cases():
         (s, ["--checkpoint", "{b}/run", "--tokenizer", "char"], "tokenizer 'char' has 27 tokens but the checkpoint's vocabulary has"),
         (s, ["--checkpoint", "{b}/run", "--out", "{b}/no/such/dir/s.jsonl"], "the folder {b}/no/such/dir does not exist"),
         (s, ["--checkpoint", "{b}/run", "--predictor", "leap"], "invalid choice: 'leap'"),
+        (s, ["--checkpoint", "{b}/run", "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
+        (t, ["--compile=yes"], "argument --compile: ignored explicit argument 'yes'"),
         (s, [], "the following arguments are required: --checkpoint"),
         # evaluate.py
         (e, ["--checkpoint", "{b}/nowhere"], "does not exist"),

@@ -55,6 +55,35 @@ __device__ __forceinline__ double row_sum(A v, double* smem) {
   }
 }
 
+// Maximum over the TPR threads of a row (fp64; smem: kRowBlock / 32 doubles).
+template <int TPR>
+__device__ __forceinline__ double row_max(double v, double* smem) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, off));
+  if constexpr (TPR == 32) {
+    return v;
+  } else {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();  // smem may still be read by a previous row reduction
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    double m = smem[0];
+#pragma unroll
+    for (int w = 1; w < TPR / 32; ++w) m = fmax(m, smem[w]);
+    return m;
+  }
+}
+
+// Whether any of the TPR threads of a row has v set.
+template <int TPR>
+__device__ __forceinline__ bool row_any(bool v) {
+  if constexpr (TPR == 32) {
+    return __any_sync(0xffffffffu, v);
+  } else {
+    return __syncthreads_or(v) != 0;
+  }
+}
+
 // A barrier among the TPR threads of a row.
 template <int TPR>
 __device__ __forceinline__ void row_barrier() {

@@ -46,6 +46,20 @@ struct RaceSmem {
   double sum[kBlock / 32];
 };
 
+// f of entry y (0 at `skip`): s = e^{(v + bias_y) + shift} (kExp; bias may be nullptr) or the
+// weight v itself, then max(0, s − γ) when two_pass — in the accumulation type A.
+template <bool kExp, typename T, typename A>
+__device__ __forceinline__ A entry_f(const T* __restrict__ row, int y, int skip, bool two_pass,
+                                     A gamma, A shift, const A* __restrict__ bias) {
+  if (y == skip) return A(0);
+  A v = static_cast<A>(row[y]);
+  if (kExp && bias != nullptr) v = static_cast<A>(v + bias[y]);
+  const A s = kExp ? exp_acc(static_cast<A>(v + shift)) : v;
+  if (!two_pass || !(s >= A(0))) return s;       // NaN / negative kept for the caller's check
+  const A d = s - gamma;
+  return d > A(0) ? d : A(0);
+}
+
 // Broadcast of a Jump from lane `src` to the warp.
 __device__ __forceinline__ void share(steps::Jump& j, int src) {
   j.rate = __shfl_sync(kFull, j.rate, src);
@@ -75,15 +89,9 @@ __device__ void warp_race(const T* __restrict__ row, int V, int skip, bool two_p
 #pragma unroll
       for (int k = 0; k < kPer; ++k) {
         const int y = y0 + k;
-        A s = A(0);
-        if (y < seg_end && y != skip) {
-          A v = static_cast<A>(row[y]);
-          if (kExp && bias != nullptr) v = static_cast<A>(v + bias[y]);
-          s = kExp ? exp_acc(static_cast<A>(v + shift)) : v;
-        }
-        bad |= !(s >= A(0));
-        const A d = s - gamma;
-        f[k] = static_cast<double>(two_pass ? (d > A(0) ? d : A(0)) : s) * scale;
+        const A fa = y < seg_end ? entry_f<kExp>(row, y, skip, two_pass, gamma, shift, bias) : A(0);
+        bad |= !(fa >= A(0));
+        f[k] = static_cast<double>(fa) * scale;
         local += f[k];
       }
       fsum += local;
@@ -145,41 +153,16 @@ __device__ __forceinline__ Best row_best(Best b, RaceSmem& sm) {
   }
 }
 
-template <int TPR>
-__device__ __forceinline__ bool row_any(bool v) {
-  if constexpr (TPR == 32) {
-    return __any_sync(kFull, v);
-  } else {
-    return __syncthreads_or(v) != 0;
-  }
-}
-
 // Largest f over an fp64 row (for steps::row_scale); other types do not need it.
 template <int TPR, bool kExp, typename A>
 __device__ double row_max_f(const double* row, int V, int skip, bool two_pass, A gamma, A shift,
                             const A* bias, double* smem) {
   double m = 0.0;
   for (int y = row_thread<TPR>(); y < V; y += TPR) {
-    if (y == skip) continue;
-    const double v = kExp && bias != nullptr ? row[y] + bias[y] : row[y];
-    const double s = kExp ? exp_acc(v + shift) : v;
-    const double f = two_pass ? (s - gamma > 0.0 ? s - gamma : 0.0) : s;
+    const double f = entry_f<kExp>(row, y, skip, two_pass, gamma, shift, bias);
     if (f > m) m = f;
   }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(kFull, m, off));
-  if constexpr (TPR == 32) {
-    return m;
-  } else {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) smem[warp] = m;
-    __syncthreads();
-    double out = 0.0;
-#pragma unroll
-    for (int w = 0; w < TPR / 32; ++w) out = fmax(out, smem[w]);
-    return out;
-  }
+  return row_max<TPR>(m, smem);
 }
 
 template <int TPR, bool kExp, typename T, typename A>
@@ -220,10 +203,7 @@ step_kernel(const T* __restrict__ base, int64_t sB, int64_t sL, int64_t rows, in
   if (p.two_pass) {
     A part = A(0);
     for (int y = t; y < V; y += TPR) {
-      if (y == x) continue;
-      A v = static_cast<A>(row[y]);
-      if (bias != nullptr) v = static_cast<A>(v + bias[y]);
-      part += exp_acc(static_cast<A>(v + shift));
+      part += entry_f<true>(row, static_cast<int>(y), static_cast<int>(x), false, A(0), shift, bias);
     }
     steps::set_total(p, 1.0 + row_sum<TPR>(static_cast<double>(part), sm.sum));
   }

@@ -178,12 +178,20 @@ class LanguageOracle(torch.nn.Module):
             logp = torch.log(probs).float()
         return torch.cat([logp, torch.zeros_like(logp[..., :1])], -1)
 
+    def log_score_offset(self, sigma):
+        """As DDiT's (clean parametrisation): −log expm1(σ), [B]."""
+        from .losses import _log_expm1
+        return -_log_expm1(sigma.double()).float()
+
     def log_score_from_clean(self, log_probs, x, sigma):
         """As DDiT.log_score_from_clean: ℓ_y = log p(y | x) − log expm1(σ), 0 at the current token."""
-        from .losses import _log_expm1
-        shift = -_log_expm1(sigma.double()).float()
-        out = log_probs + shift[:, None, None]
+        out = log_probs + self.log_score_offset(sigma)[:, None, None]
         return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
+
+    def log_score_parts(self, x, sigma, out=None):
+        """As DDiT.log_score_parts: (clean log-probs, no bias, the σ offset) — so the samplers'
+        fused path (the steps add the offset themselves) runs on exact scores too."""
+        return self.clean_log_probs(x), None, self.log_score_offset(sigma)
 
     def forward(self, x, sigma):
         return self.log_score_from_clean(self.clean_log_probs(x), x, sigma)

@@ -222,9 +222,13 @@ class DDitFinalLayer(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, c):
+    def modulated(self, x, c):
+        """What the projection reads: LayerNorm, then the adaLN shift and scale of c."""
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return modulate(self.norm_final(x), shift, scale)
+
+    def forward(self, x, c):
+        return self.linear(self.modulated(x, c))
 
 
 class DDiT(nn.Module):
@@ -321,14 +325,16 @@ class DDiT(nn.Module):
         the loss's own rule). Same value as the unfused path."""
         if not self.supports_fused_loss:
             raise ValueError("fused_loss needs parametrisation='score'")
-        h, c = self.trunk(x, sigma)
+        hidden = self._projection_input(x, sigma)
         fl = self.output_layer
-        shift, scale = fl.adaLN_modulation(c)[:, None].chunk(2, dim=2)
-        hidden = modulate(fl.norm_final(h), shift, scale)
         return sk.linear_score_entropy(hidden, fl.linear.weight, fl.linear.bias, x, x_0,
                                        sigma_total, graph, self.log_score_offset(sigma.float()),
                                        reduction=reduction, token_weight=token_weight,
                                        validate=validate)
+
+    def _projection_input(self, x, sigma):
+        """The trunk and the final layer up to its projection: what Linear(H, V) reads."""
+        return self.output_layer.modulated(*self.trunk(x, sigma))
 
     def log_score_parts(self, x, sigma, out=None):
         """(prod [B, L, V], bias [V] or None, shift [B] or None) with forward(x, σ) =
@@ -342,11 +348,9 @@ class DDiT(nn.Module):
         offset = self.log_score_offset(sigma.float())
         if self.time_independent:
             return self.clean_log_probs(x), None, offset
-        h, c = self.trunk(x, sigma)
+        hidden = self._projection_input(x, sigma)
         fl = self.output_layer
         w, b = fl.linear.weight, fl.linear.bias
-        shift, scale = fl.adaLN_modulation(c)[:, None].chunk(2, dim=2)
-        hidden = modulate(fl.norm_final(h), shift, scale)
         if torch.is_autocast_enabled(hidden.device.type) or b is None:
             return fl.linear(hidden), None, offset
         flat = hidden.reshape(-1, hidden.shape[-1])

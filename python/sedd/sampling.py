@@ -225,11 +225,9 @@ def _grid_window(net, graph, noise, pred, x, frozen, *, steps, denoise, eps, gen
         return shaping.scores(net.log_score(x, per_sequence(sigma)), x, graph), {}
 
     captured = None
-    if cuda_graph:
-        if dev.type != "cuda" or not fold or net.use_cache:
-            raise ValueError("cuda_graph=True needs a CUDA model, the fused steps (no "
-                             "use_reference, temperature or top-p) and no exact cache "
-                             "(cache=False for a clean model)")
+    if cuda_graph:                      # sample() checked the rest; the model must split itself
+        if not fold:
+            raise ValueError("cuda_graph=True needs a model with log_score_parts (the DDiT)")
         captured = _CapturedStep(net, graph, pred, x, frozen, generator)
     dt = (1 - eps) / steps
     grid = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
@@ -323,6 +321,10 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
         raise ValueError(f"stride must be in [1, window = {W}], got {stride}")
 
     device = device or _model_device(model)
+    if cuda_graph and (torch.device(device).type != "cuda" or use_reference or not graph.fused
+                       or not shaping.identity or (cache and time_independent)):
+        raise ValueError("cuda_graph=True needs a CUDA model, the fused steps (no use_reference, "
+                         "temperature or top-p) and no exact cache (cache=False for a clean model)")
     if compile:
         compile_model(model, training=False)
     x = graph.sample_limit(num_samples, length, device=device, generator=generator)
@@ -331,8 +333,8 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
         tokens, given = condition
         tokens = tokens.to(device).expand(num_samples, length)
         given = given.to(device).expand(num_samples, length).contiguous()
-        if tokens.shape != given.shape or given.dtype != torch.bool:
-            raise ValueError("condition must be (tokens, given bool) of [num_samples or 1, length]")
+        if given.dtype != torch.bool:
+            raise ValueError(f"condition: given must be a bool tensor, got {given.dtype}")
         if bool(((tokens < 0) | (tokens >= graph.n))[given].any()):   # once per call: the steps
             raise ValueError(f"condition: given tokens must be in [0, {graph.n})")  # skip checks
         x = torch.where(given, tokens, x)
