@@ -127,7 +127,8 @@ def main():
                               extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
     setup(
-        packages=find_packages(include=["sedd_kernels", "sedd_kernels.*"]) + ["sedd"],
+        packages=find_packages(include=["sedd_kernels", "sedd_kernels.*"]) + ["sedd"]
+        + ["sedd." + p for p in find_packages(os.path.join(ROOT, "python", "sedd"))],
         package_dir={"sedd": "python/sedd"},
         ext_modules=[ext],
         cmdclass={"build_ext": ce.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},

@@ -1,7 +1,7 @@
 """The optimizer phase of a training step — gradient clipping and the AdamW update (plus the EMA
 update the trainer does after it) — with torch's per-parameter loop (what the trainer used:
 AdamW's default on the CPU, clip_grad_norm_ without foreach) against the fused AdamW and foreach
-clipping of sedd.trainer.adamw / Trainer.clip, same run, on the tiny DDiT (H 128, V 382) and a
+clipping of sedd.training.adamw / Trainer.clip, same run, on the tiny DDiT (H 128, V 382) and a
 GPT-2-vocabulary one (H 256, 4 blocks, V 50258). Throughput is the tokens of the step the phase
 belongs to (tiny: 32 × 64; V 50258: 4 × 128) over the phase's time, so the ratio is the phase's
 speed-up; the summary table prints it."""
@@ -9,8 +9,8 @@ speed-up; the summary table prints it."""
 import pytest
 import torch
 
-from sedd.model import DDiT, ModelConfig
-from sedd.trainer import adamw
+from sedd.nn import DDiT, ModelConfig
+from sedd.training import adamw
 
 from harness import DEVICES, record_throughput, sync
 

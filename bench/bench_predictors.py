@@ -1,7 +1,7 @@
 """The speed/quality trade of the predictors, one table: tokens/s of first-hitting + exact cache
 vs the analytic predictor + exact cache at 64/256/1024 steps (sample() end to end, fused steps),
 beside the sample quality the same predictor reaches at the same tokens per step with *exact*
-scores — the built-in language's forward–backward oracle (sedd.language.LanguageOracle): the
+scores — the built-in language's forward–backward oracle (sedd.data.language.LanguageOracle): the
 fraction of valid sequences and the mean exact NLL per token minus the entropy rate. So the
 quality columns are the sampler's own error (a trained model adds its own on top), and the
 speed columns the cost on the preset's network.
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from sedd.graphs import Absorbing
-from sedd.language import LanguageOracle, builtin_language
-from sedd.noise import LogLinear
+from sedd.core.graphs import Absorbing
+from sedd.data.language import LanguageOracle, builtin_language
+from sedd.core.noise import LogLinear
 from sedd.sampling import sample
 
 from bench_sampler import SHAPES, STEPS, time_sample

@@ -27,9 +27,10 @@ none below S ≈ 10⁴.
 import pytest
 import torch
 
-from sedd.graphs import Absorbing
-from sedd.model import PRESETS, DDiT, ModelConfig
-from sedd.noise import LogLinear
+from sedd.core.graphs import Absorbing
+from sedd.config import model_preset
+from sedd.nn import DDiT, ModelConfig
+from sedd.core.noise import LogLinear
 from sedd.sampling import sample
 
 from harness import DEVICES, level, record_throughput, sync
@@ -51,7 +52,7 @@ def clean_model(preset, device):
         n, _, L = SHAPES[preset][level(device)]
         torch.manual_seed(0)
         model = DDiT(ModelConfig(vocab_size=n + 1, max_length=L, parametrisation="clean",
-                                 **PRESETS[preset]))
+                                 **model_preset(preset)))
         torch.nn.init.normal_(model.output_layer.linear.weight, std=0.02)
         _MODELS[key] = model.to(device).eval()
     return _MODELS[key]

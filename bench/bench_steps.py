@@ -1,5 +1,5 @@
 """Reverse steps at GPT-2 vocabulary, [B, L, 50258] log-scores: the fused Euler and analytic steps
-vs the reference eager step (the SEDD.md recipe as the paper's code runs it: exp, staggered
+vs the reference eager step (the docs/math.md recipe as the paper's code runs it: exp, staggered
 score, dense transition row, race on dense weights) vs torch.compile(dynamic=False) of that
 reference, same run.
 

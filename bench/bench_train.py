@@ -10,10 +10,11 @@ rounds); gpu runs the GPU shapes under bf16 autocast."""
 import pytest
 import torch
 
-from sedd.graphs import Absorbing
-from sedd.losses import batch_loss
-from sedd.model import PRESETS, DDiT, ModelConfig
-from sedd.noise import LogLinear
+from sedd.core.graphs import Absorbing
+from sedd.core.losses import batch_loss
+from sedd.config import model_preset
+from sedd.nn import DDiT, ModelConfig
+from sedd.core.noise import LogLinear
 
 from harness import DEVICES, peak_bytes, pick, record_throughput, sync
 
@@ -29,7 +30,7 @@ SHAPES = {  # preset: (n real tokens, batch, length) per device
 def test_train_step(benchmark, device, preset, loss):
     n, B, L = SHAPES[preset][device]
     graph = Absorbing(n)
-    model = DDiT(ModelConfig(vocab_size=graph.V, **PRESETS[preset])).to(device)
+    model = DDiT(ModelConfig(vocab_size=graph.V, **model_preset(preset))).to(device)
     torch.nn.init.normal_(model.output_layer.linear.weight, std=0.02)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x0 = torch.randint(0, n, (B, L), device=device)

@@ -6,7 +6,7 @@
 #include "score_entropy/score_entropy_ops.h"
 
 TORCH_LIBRARY(sedd, m) {
-  // SEDD.md §3. log_score [B, L, V] (fp32/bf16/fp16/fp64, unit stride on V), x_t and x_0 [B, L]
+  // docs/math.md §3. log_score [B, L, V] (fp32/bf16/fp16/fp64, unit stride on V), x_t and x_0 [B, L]
   // int64, sigma [B] > 0, graph "absorb" | "uniform". Returns the per-token loss [B, L]
   // (float32; float64 for float64 log_score).
   m.def("score_entropy(Tensor log_score, Tensor x_t, Tensor x_0, Tensor sigma, str graph) -> Tensor");
@@ -20,7 +20,7 @@ TORCH_LIBRARY(sedd, m) {
   m.def(
       "score_entropy_with_grad_(Tensor(a!) log_score, Tensor x_t, Tensor x_0, Tensor sigma, "
       "str graph, Tensor? offset=None, Tensor? grad=None) -> Tensor");
-  // SEDD.md §1: x_t ~ P(σ)[:, x_0] per position; num_tokens = V (absorbing mask = V - 1).
+  // docs/math.md §1: x_t ~ P(σ)[:, x_0] per position; num_tokens = V (absorbing mask = V - 1).
   // Random bits: Philox keyed by (seed, offset, row, column) (csrc/common/philox.h); the sampling
   // ops read (seed, offset) from `rng`, an int64 [2] tensor on their device, inside the kernel:
   // drawn by torch's own random op from the caller's generator, so that CUDA-graph capture
@@ -28,7 +28,7 @@ TORCH_LIBRARY(sedd, m) {
   m.def("perturb(Tensor x_0, Tensor sigma, str graph, int num_tokens, Tensor rng) -> Tensor");
   // Exponential race over the last dimension of non-negative weights [..., V] -> indices [...].
   m.def("sample_categorical(Tensor weights, Tensor rng) -> Tensor");
-  // SEDD.md §6: one reverse step on log-scores [B, L, V] from tokens x [B, L];
+  // docs/math.md §6: one reverse step on log-scores [B, L, V] from tokens x [B, L];
   // kind "euler" (dsigma = Δt·σ̇), "analytic" (dsigma = σ̄(t) − σ̄(t − Δt)) or "denoise"
   // (dsigma = σ̄(t)); frozen [B, L] bool marks positions that keep their token; bias [V] and
   // shift [B] are added to the log-scores, (log_score + bias) + shift (the output projection's

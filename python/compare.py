@@ -14,14 +14,14 @@ their valid fraction, unigram entropy; a causal LM's generative perplexity for o
 infilling of random blanks (exact conditional NLL of the fills given the context, against the
 held-out truth's). Trained models in OUT/<model> are reused (resumed to --steps) unless
 --retrain. Results: OUT/results.json (with the machine, versions and seeds), results.csv,
-table.md, compare.png. See python/sedd/compare.py.
+table.md, compare.png. The experiment's code: python/comparison.py.
 """
 
 import argparse
 
+from comparison import LEVELS, Settings, run_comparison
 from sedd.cli import Parser, check_device, nonneg_int, positive_float, positive_int, run_door
-from sedd.compare import LEVELS, Settings, run_comparison
-from sedd.presets import PRESETS
+from sedd.config import PRESETS
 
 
 def step_list(flag):
@@ -76,7 +76,7 @@ def _main(argv=None):
                          "samples; the exact measures exist for the built-in language only)")
     if args.bound_sequences == 1:
         raise ValueError("--bound-sequences must be >= 2 (a standard error needs two)")
-    keys = set(LEVELS["default"]) | {"lr"}
+    keys = (set(LEVELS["default"]) | {"lr"}) - {"preset"}
     s = Settings(level="quick" if args.quick else "default", preset=args.preset, data=args.data,
                  tokenizer=args.tokenizer, causal_lm=args.causal_lm, out=args.out, seed=args.seed,
                  device=str(check_device(args.device)), retrain=args.retrain,

@@ -1,4 +1,4 @@
-"""The likelihood bound of SEDD.md §4 of a trained model over a dataset (for the autoregressive
+"""The likelihood bound of docs/math.md §4 of a trained model over a dataset (for the autoregressive
 baseline, train.py --model ar: its exact NLL over the same blocks), or the generative perplexity
 of samples.
 
@@ -42,10 +42,9 @@ import sys
 from sedd.cli import Parser, check_device, nonneg_int, positive_int, run_door
 from sedd.evaluation import (PROTOCOLS, bound_report, evaluation_set, exact_sample_report,
                              lm_sample_report)
-from sedd.genppl import load_causal_lm, load_samples
-from sedd.hub import read_run_config
-from sedd.inference import load_run
-from sedd.language import builtin_language
+from sedd.data import builtin_language
+from sedd.evaluation.genppl import load_causal_lm, load_samples
+from sedd.loading import load, read_config
 
 
 def parser():
@@ -89,7 +88,7 @@ def bound_main(args, p):
     if args.num_sequences == 1:
         p.error("--num-sequences must be >= 2 or 0 (a standard error needs two)")
     device = check_device(args.device)
-    r = load_run(args.checkpoint, device, not args.no_ema, args.tokenizer)
+    r = load(args.checkpoint, device, not args.no_ema, args.tokenizer)
     for note in r.run.notes:
         print(f"note: {note}", file=sys.stderr)
     ev = evaluation_set(args.protocol, args.data or r.run.data, r.tokenizer, r.length,
@@ -124,7 +123,7 @@ def samples_are_builtin(args) -> bool:
     if args.data is not None:
         return args.data == "builtin"
     if args.checkpoint:
-        return read_run_config(args.checkpoint).data == "builtin"
+        return read_config(args.checkpoint).data == "builtin"
     return False
 
 

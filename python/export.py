@@ -13,19 +13,19 @@ import argparse
 import os
 
 from sedd.cli import Parser, run_door
-from sedd.hub import load_pretrained, save_pretrained
+from sedd.loading import load, save_pretrained
 
 
 def _main(argv=None):
     p = Parser(prog="export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="PATH|REPO", help="any layout load_pretrained reads")
+    p.add_argument("--checkpoint", required=True, metavar="PATH|REPO", help="any layout sedd.loading.load reads")
     p.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors)")
     p.add_argument("--layout", choices=["paper", "sedd-kernels"], default="paper")
     p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
     args = p.parse_args(argv)
     if os.path.isfile(os.path.join(args.out, "config.json")):
         raise FileExistsError(f"--out {args.out} already holds a config.json; choose a new folder")
-    pre = load_pretrained(args.checkpoint, use_ema=not args.no_ema)
+    pre = load(args.checkpoint, use_ema=not args.no_ema, tokenizer=False)
     save_pretrained(args.out, pre.model, layout=args.layout, run=pre.run)
     print(f"wrote {args.out} ({args.layout} layout, {pre.weights} weights of {pre.path})")
 

@@ -1,6 +1,7 @@
-"""Sample from a trained SEDD model, unconditionally or with given text (prefix, suffix, infill);
-or from the autoregressive baseline (train.py --model ar): ancestrally with a KV cache, a prefix
-but no suffix or infill, --temperature and --top-p as for SEDD.
+"""Sample from a trained model of any family, unconditionally or with given text (prefix,
+suffix, infill — what the family can honour): a SEDD model with any predictor; the
+autoregressive baseline (train.py --model ar) ancestrally with a KV cache, a prefix but no suffix
+or infill, --temperature and --top-p as for SEDD.
 
     python python/sample.py --checkpoint runs/sedd
     python python/sample.py --checkpoint runs/sedd --prefix "the" --suffix "."
@@ -30,11 +31,13 @@ import torch
 
 from sedd.cli import (Parser, check_device, nonneg_int, positive_float, positive_int,
                       probability, run_door)
-from sedd.ar import ar_sample
-from sedd.inference import condition_from, load_run
-from sedd.model import is_autoregressive
-from sedd.predictors import PREDICTORS
-from sedd.sampling import sample
+from sedd.families import FAMILIES
+from sedd.loading import load
+from sedd.sampling import PREDICTORS, condition_from
+
+# the sampling flags a family may or may not read (Family.sample_options)
+FAMILY_FLAGS = ("steps", "predictor", "window", "stride", "tokens_per_step", "compile",
+                "cuda_graph")
 
 
 def eos_id(args, tok) -> int | None:
@@ -61,11 +64,11 @@ def parser():
     p = Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="PATH|REPO",
                    help="a training output folder or checkpoint, a Hub folder or id, or a paper run")
-    p.add_argument("--steps", type=positive_int("--steps"), default=128,
+    p.add_argument("--steps", type=positive_int("--steps"),
                    help="predictor steps per window (default 128); for first_hitting the cap on "
                         "network evaluations per window")
-    p.add_argument("--predictor", default="analytic", choices=sorted(PREDICTORS),
-                   help="a predictor of sedd.predictors (default analytic)")
+    p.add_argument("--predictor", choices=sorted(PREDICTORS),
+                   help="a predictor of sedd.sampling.predictors (default analytic)")
     p.add_argument("--num-samples", type=positive_int("--num-samples"), default=4)
     p.add_argument("--length", type=positive_int("--length"),
                    help="tokens per sample (default: the training length; longer than the model's "
@@ -113,44 +116,58 @@ def parser():
     return p
 
 
-def output_path(args, name: str | None = None) -> str:
+def output_path(args, family_name: str) -> str:
     """--out, or for a training output folder its samples/ folder (never the current folder)."""
     if args.out:
-        return args.out
-    run = os.path.expanduser(args.checkpoint)
-    if os.path.isdir(os.path.join(run, "checkpoints")):
+        out = args.out
+    else:
+        run = os.path.expanduser(args.checkpoint)
+        if not os.path.isdir(os.path.join(run, "checkpoints")):
+            raise ValueError(f"--out FILE is needed to write the samples of {args.checkpoint} "
+                             f"(only a training output folder has a default, its samples/ folder)")
         os.makedirs(os.path.join(run, "samples"), exist_ok=True)
-        name = name or f"{args.predictor}-{args.steps}"
-        return os.path.join(run, "samples", f"sample-{name}-seed{args.seed}.jsonl")
-    raise ValueError(f"--out FILE is needed to write the samples of {args.checkpoint} (only a "
-                     f"training output folder has a default, its samples/ folder)")
+        name = "-".join(str(v) for v in (args.predictor, args.steps) if v) or family_name
+        out = os.path.join(run, "samples", f"sample-{name}-seed{args.seed}.jsonl")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out {out}: the folder {out_dir} does not exist")
+    return out
+
+
+def family_options(args, family) -> dict:
+    """The family's sampling flags that were given; a flag the family does not read is an
+    error naming the families that do."""
+    given = {k: getattr(args, k) for k in FAMILY_FLAGS if getattr(args, k) not in (None, False)}
+    unread = [k for k in given if k not in family.sample_options]
+    if unread:
+        owners = {k: " or ".join(f.title for f in FAMILIES.values() if k in f.sample_options)
+                  for k in unread}
+        raise ValueError("; ".join(f"--{k.replace('_', '-')} applies to {owners[k]} models"
+                                   for k in unread)
+                         + f" (the {family.title} model does not read "
+                         + ("it)" if len(unread) == 1 else "them)"))
+    return given
+
+
+def check_conditions(args, family, window: int, length: int):
+    """The conditions the flags ask for, against what the family can honour."""
+    for kind in ("prefix", "suffix", "infill"):
+        if getattr(args, kind) and kind not in family.conditions:
+            raise ValueError(f"--{kind}: {family.no_condition}")
+    if length > window and "windows" not in family.conditions:
+        raise ValueError(f"--length {length} is longer than the {family.title} model's window "
+                         f"{window}")
 
 
 def _main(argv=None):
     args = parser().parse_args(argv)
     device = check_device(args.device)
-    r = load_run(args.checkpoint, device, not args.no_ema, args.tokenizer)
+    r = load(args.checkpoint, device, not args.no_ema, args.tokenizer)
     for note in r.run.notes:
         print(f"note: {note}", file=sys.stderr)
-    model, tok = r.model, r.tokenizer
-    if is_autoregressive(model):
-        return ar_main(args, r, device)
+    model, tok, family = r.model, r.tokenizer, r.family
+    options = family_options(args, family)
     window = model.config.max_length
-    if args.window and args.window > window:
-        raise ValueError(f"--window {args.window} is longer than the model's window {window}")
-    window = args.window or window
-    if args.stride and args.stride > window:
-        raise ValueError(f"--stride {args.stride} is longer than the window {window}")
-    predictor = PREDICTORS[args.predictor]
-    if args.tokens_per_step and predictor.loop is None:
-        raise ValueError(f"--tokens-per-step applies to --predictor first_hitting, not "
-                         f"{args.predictor}")
-    predictor.check_graph(r.graph)
-    if args.cuda_graph and torch.device(device).type != "cuda":
-        raise ValueError("--cuda-graph needs a CUDA device (--device cuda)")
-    if args.cuda_graph and predictor.loop is not None:
-        raise ValueError(f"--cuda-graph applies to --predictor analytic or euler, not "
-                         f"{args.predictor}")
     eos = eos_id(args, tok)
     length = args.length or r.length
     condition = None
@@ -158,63 +175,17 @@ def _main(argv=None):
         tokens, given, length = condition_from(tok, length if not args.infill else args.length or 0,
                                                args.prefix, args.suffix, args.infill)
         condition = (tokens, given)
-    out = output_path(args)
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--out {out}: the folder {out_dir} does not exist")
+    check_conditions(args, family, window, length)
+    out = output_path(args, family.name)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    x, stats = sample(model, r.graph, r.noise, args.num_samples, length, args.steps, args.predictor,
-                      condition=condition, generator=gen, device=device, progress=True,
-                      cache=not args.no_cache, return_stats=True, window=window,
-                      stride=args.stride, tokens_per_step=args.tokens_per_step,
-                      temperature=args.temperature, top_p=args.top_p,
-                      stop_at_eos=args.stop_at_eos, eos=eos, compile=args.compile,
-                      cuda_graph=args.cuda_graph)
+    x, stats = family.generate(model, args.num_samples, length, condition=condition,
+                               generator=gen, device=device, progress=True,
+                               cache=not args.no_cache, return_stats=True,
+                               temperature=args.temperature, top_p=args.top_p,
+                               stop_at_eos=args.stop_at_eos, eos=eos, **options)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
-          + (" (exact cache)" if stats.cached else "")
+          + (" (cached)" if stats.cached else "")
           + (f", {stats.windows} windows" if stats.windows > 1 else ""), file=sys.stderr)
-    write_records(out, x, tok, stats, args.stop_at_eos)
-
-
-def ar_main(args, r, device):
-    """The autoregressive baseline: ancestral sampling with a KV cache; a prefix, no suffix or
-    infill (a left-to-right model cannot condition on what follows)."""
-    model, tok = r.model, r.tokenizer
-    if args.suffix or args.infill:
-        raise ValueError(f"{'--suffix' if args.suffix else '--infill'}: an autoregressive model "
-                         f"generates left to right and cannot condition on text after the "
-                         f"blanks; use --prefix, or a SEDD checkpoint to infill")
-    for flag, given in (("--window", args.window), ("--stride", args.stride),
-                        ("--tokens-per-step", args.tokens_per_step)):
-        if given:
-            raise ValueError(f"{flag} is for SEDD models; an autoregressive model samples one "
-                             f"token per evaluation within its window")
-    if args.predictor != "analytic":
-        raise ValueError(f"--predictor {args.predictor}: an autoregressive model samples "
-                         f"ancestrally (no predictor)")
-    eos = eos_id(args, tok)
-    length = args.length or r.length
-    if length > model.config.max_length:
-        raise ValueError(f"--length {length} is longer than the autoregressive model's window "
-                         f"{model.config.max_length}")
-    if args.compile or args.cuda_graph:
-        flag = "--compile" if args.compile else "--cuda-graph"
-        raise ValueError(f"{flag} applies to SEDD models: the autoregressive sampler's KV-cached "
-                         "calls change shape at every token")
-    prefix = None
-    if args.prefix:
-        ids, _, _ = condition_from(tok, length, args.prefix)
-        prefix = ids[:, :len(tok.encode(args.prefix))]
-    out = output_path(args, "ar")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--out {out}: the folder {out_dir} does not exist")
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    x, stats = ar_sample(model, args.num_samples, length, generator=gen, prefix=prefix,
-                         temperature=args.temperature, top_p=args.top_p, cache=not args.no_cache,
-                         stop_at_eos=args.stop_at_eos, eos=eos, device=device, return_stats=True)
-    print(f"network calls: {stats.network_calls} (ancestral, one per token"
-          + (", KV cache" if stats.cached else "") + ")", file=sys.stderr)
     write_records(out, x, tok, stats, args.stop_at_eos)
 
 

@@ -6,7 +6,8 @@
     python python/train.py --init-from louaaron/sedd-small --data my_corpus/ --seq-len 256
 
 Defaults come from the preset (sedd.config.PRESETS); every flag overrides one field of
-sedd.config.TrainConfig (the flags are generated from its fields). With --init-from the graph,
+sedd.config.TrainConfig (the flags are generated from its fields; --model picks the model family,
+sedd.families, whose own options join them). With --init-from the graph,
 noise, model shape, tokenizer and length come from the checkpoint (any layout: this project's runs
 and Hub folders, the paper's Hub folders and training runs); a flag that disagrees is an error.
 Outputs in --out: checkpoints/ (safetensors + state, atomic), metrics.csv, tb/ (TensorBoard),
@@ -17,7 +18,7 @@ import argparse
 
 from sedd.cli import Parser, run_door
 from sedd.config import add_flags, from_args
-from sedd.trainer import Trainer
+from sedd.training import Trainer
 
 
 def parse_args(argv=None):

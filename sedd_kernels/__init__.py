@@ -5,7 +5,7 @@ Functional API (fused kernels): :func:`score_entropy`, :func:`linear_score_entro
 :func:`analytic_step`, :func:`denoise_step` (all three: :func:`reverse_step` with a kind),
 :func:`sample_categorical`; closed-form dense rows
 :func:`transition`, :func:`staggered_score`; dense user rate matrices: :class:`GeneralGraph`.
-Plain-PyTorch twins of every op, following SEDD.md literally: :mod:`sedd_kernels.reference`.
+Plain-PyTorch twins of every op, following docs/math.md literally: :mod:`sedd_kernels.reference`.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension)

@@ -1,6 +1,6 @@
 """Bindings of the compiled ops: argument normalisation, autograd formulas and fake kernels.
 
-No math lives here: the kernels in csrc/ implement SEDD.md, the reference twins in reference.py.
+No math lives here: the kernels in csrc/ implement docs/math.md, the reference twins in reference.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _validate_values(log_score, x_t, x_0, sigma, graph):
 
 def score_entropy(log_score: torch.Tensor, x_t: torch.Tensor, x_0: torch.Tensor, sigma,
                   graph, *, validate: bool | None = None) -> torch.Tensor:
-    """Per-token score entropy of SEDD.md §3, fused: one read of each row of ``log_score``.
+    """Per-token score entropy of docs/math.md §3, fused: one read of each row of ``log_score``.
 
     Args:
         log_score: [B, L, V] network log-scores (fp32, bf16, fp16 or fp64), unit stride along V.

@@ -1,4 +1,4 @@
-"""Forward process and reverse steps (SEDD.md §1, §6): bindings of the fused sampling kernels,
+"""Forward process and reverse steps (docs/math.md §1, §6): bindings of the fused sampling kernels,
 the closed-form dense rows, and random-number plumbing (torch.Generator → Philox seed/offset)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def philox_rng(generator: torch.Generator | None, device: torch.device) -> torch
 
 def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
             generator: torch.Generator | None = None, *, validate: bool | None = None):
-    """x_t ~ P(σ)[:, x_0] per position (SEDD.md §1). ``num_tokens`` is V (for 'absorb' the mask is
+    """x_t ~ P(σ)[:, x_0] per position (docs/math.md §1). ``num_tokens`` is V (for 'absorb' the mask is
     V − 1: with probability 1 − e^{−σ} a token becomes the mask; for 'uniform' it becomes a
     uniform draw from [0, V)). ``sigma``: [B], [B, 1], 0-d or a number, ≥ 0."""
     graph = graph_name("perturb", graph)
@@ -45,7 +45,7 @@ def perturb(x_0: torch.Tensor, sigma, graph, num_tokens: int,
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None, *,
                        validate: bool | None = None) -> torch.Tensor:
     """Indices ~ Categorical(weights / Σ weights) over the last dimension, by the exponential race
-    argmin_y E_y / w_y (SEDD.md §6) run with exponential jumps: O(log V) float64 random numbers of
+    argmin_y E_y / w_y (docs/math.md §6) run with exponential jumps: O(log V) float64 random numbers of
     53 bits per row, not one per entry (csrc/sampling/steps.h, "The jump race").
     ``weights``: non-negative, not NaN, at least one positive entry per row."""
     if want_validate(validate, weights) and weights.numel():
@@ -89,7 +89,7 @@ _SHIFT_DOC = """
 
 def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shift=None,
                bias=None, validate=None):
-    """One Euler (τ-leaping) step, SEDD.md §6, with ``dsigma = Δt·σ̇(t)`` per sequence: weights
+    """One Euler (τ-leaping) step, docs/math.md §6, with ``dsigma = Δt·σ̇(t)`` per sequence: weights
     Δt·σ̇·Q[x, y]·s_y for y ≠ x and 1 − Σ of them for x (negatives count as 0). Returns new tokens
     [B, L]. ``frozen`` [B, L] bool: positions that keep their token. The score at the current token
     is taken as 1 whatever ``log_score`` holds there."""
@@ -98,7 +98,7 @@ def euler_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shif
 
 def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, shift=None,
                   bias=None, validate=None):
-    """One analytic (Tweedie τ-leaping) step, SEDD.md §6, with ``dsigma = σ̄(t) − σ̄(t − Δt)``:
+    """One analytic (Tweedie τ-leaping) step, docs/math.md §6, with ``dsigma = σ̄(t) − σ̄(t − Δt)``:
     weights stag_y · exp(δQ)[x, y] with the staggered score stag = exp(−δQ)·s."""
     return _step("analytic", log_score, x, dsigma, graph, generator, frozen, shift, bias,
                  validate)
@@ -106,7 +106,7 @@ def analytic_step(log_score, x, dsigma, graph, generator=None, frozen=None, *, s
 
 def denoise_step(log_score, x, sigma, graph, generator=None, frozen=None, *, shift=None,
                  bias=None, validate=None):
-    """The final denoising step, SEDD.md §6: the analytic step with δ = σ̄(t) all the way to σ = 0;
+    """The final denoising step, docs/math.md §6: the analytic step with δ = σ̄(t) all the way to σ = 0;
     for the absorbing graph the mask column is dropped, so the output never holds the mask."""
     return _step("denoise", log_score, x, sigma, graph, generator, frozen, shift, bias, validate)
 
@@ -116,7 +116,7 @@ for _f in (reverse_step, euler_step, analytic_step, denoise_step):
 
 
 def transition(x: torch.Tensor, sigma, graph, num_tokens: int) -> torch.Tensor:
-    """The dense rows p(x_t = y | x_0 = x) = P(σ)[y, x] over y, [B, L, V] float64 (SEDD.md §1)."""
+    """The dense rows p(x_t = y | x_0 = x) = P(σ)[y, x] over y, [B, L, V] float64 (docs/math.md §1)."""
     graph = graph_name("transition", graph)
     sigma = sigma_vector(sigma, x).to(torch.float64)
     V = int(num_tokens)
@@ -130,7 +130,7 @@ def transition(x: torch.Tensor, sigma, graph, num_tokens: int) -> torch.Tensor:
 
 
 def staggered_score(score: torch.Tensor, dsigma, graph) -> torch.Tensor:
-    """stag = exp(−δQ)·s in closed form (SEDD.md §6), for scores s [B, L, V] (not log-scores):
+    """stag = exp(−δQ)·s in closed form (docs/math.md §6), for scores s [B, L, V] (not log-scores):
     absorbing e^δ s_y (y ≠ M) and s_M − (e^δ − 1)Σ_{y≠M} s_y; uniform e^δ s_y − (e^δ − 1)S/V."""
     graph = graph_name("staggered_score", graph)
     d = sigma_vector(dsigma, score).to(score.dtype)[:, None, None]

@@ -1,6 +1,6 @@
 """Graphs from a user's dense rate matrix (small vocabularies: DNA, proteins, toy problems).
 
-``GeneralGraph(Q)`` implements SEDD.md §1, §3 and §6 with the general formulas: P(σ) = exp(σQ)
+``GeneralGraph(Q)`` implements docs/math.md §1, §3 and §6 with the general formulas: P(σ) = exp(σQ)
 exactly (eigendecomposition when Q is symmetric, batched scaling-and-squaring otherwise),
 perturbation from the columns of P, score entropy from its definition, and Euler / analytic /
 denoising steps whose weights are sampled with the fused exponential race. Given the absorbing or
@@ -43,7 +43,7 @@ class GeneralGraph:
         absorbing = [i for i in range(self.V) if bool((Q[:, i] == 0).all())]
         self.absorbing_state = absorbing[0] if len(absorbing) == 1 else None
 
-    # ---- SEDD.md §1
+    # ---- docs/math.md §1
     def transition(self, sigma) -> torch.Tensor:
         """P(σ) = exp(σQ) for σ of any shape [...]: [..., V, V], float64, P[..., y, x]."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
@@ -70,7 +70,7 @@ class GeneralGraph:
         probs = self._cols(self.transition(sigma), x_0.cpu()).clamp_min(0.0)
         return sample_categorical(probs.to(x_0.device), generator)
 
-    # ---- SEDD.md §3
+    # ---- docs/math.md §3
     def score_entropy(self, log_score, x_t, x_0, sigma) -> torch.Tensor:
         """Σ_{y≠x} Q[x, y](e^{ℓ_y} − r_y ℓ_y + K(r_y)), r_y = P[y, x0] / P[x, x0]; differentiable."""
         sigma = sigma_vector(sigma, log_score).to(torch.float64).cpu()
@@ -87,7 +87,7 @@ class GeneralGraph:
         term = score.exp() - torch.where(ratio > 0, ratio * score, 0.0) + K
         return (w * torch.where(w != 0, term, 0.0)).sum(-1)
 
-    # ---- SEDD.md §6
+    # ---- docs/math.md §6
     def step_weights(self, log_score, x, dsigma, kind, frozen=None) -> torch.Tensor:
         """Unnormalised weights [B, L, V] (float64) of one reverse step from the general formulas."""
         B, L, V = log_score.shape

@@ -3,7 +3,7 @@ without materialising the [B·L, V] log-scores.
 
 Rows are processed in chunks: a chunk's log-scores are one matrix product (ATen/cuBLAS) into a
 [chunk, V] buffer; ``torch.ops.sedd.score_entropy_with_grad_`` (the score-entropy kernel of
-csrc/score_entropy, SEDD.md §3) turns that buffer into the chunk's per-row loss and, in place,
+csrc/score_entropy, docs/math.md §3) turns that buffer into the chunk's per-row loss and, in place,
 the gradient of the loss with respect to the chunk's log-scores; two more matrix products give the
 chunk's ``grad_hidden`` rows and its contribution to ``grad_weight`` (accumulated across chunks in
 fp32, fp64 for fp64 inputs) and ``grad_bias``. For the absorbing graph only masked rows have a
@@ -266,7 +266,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
                          reduction: str = "none", token_weight=None,
                          chunk_size: Optional[int] = None,
                          validate: Optional[bool] = None) -> Tensor:
-    """Score entropy (SEDD.md §3) of ``hidden @ weight.T + bias + logit_offset``, fused.
+    """Score entropy (docs/math.md §3) of ``hidden @ weight.T + bias + logit_offset``, fused.
 
     Args:
         hidden: [B, L, H] hidden states (fp32, bf16, fp16 or fp64).
@@ -276,7 +276,7 @@ def linear_score_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
         graph: "absorb" (mask id V − 1) or "uniform".
         logit_offset: what the network adds after the projection ([B], [B, 1] or [B, L]; the DDiT's
             scale_by_sigma shift), added in fp32; differentiable. The zero at the current token
-            needs no help: the loss never reads ℓ there (SEDD.md §5).
+            needs no help: the loss never reads ℓ there (docs/math.md §5).
         reduction: "none" → per-token loss [B, L] (backward recomputes the projection chunk by
             chunk); "sum" → Σ token_weight·SE, gradients computed in the forward.
         token_weight: with reduction="sum", per-token weights ([B], [B, 1] or [B, L]; default 1).

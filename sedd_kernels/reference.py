@@ -1,9 +1,9 @@
-"""Plain-PyTorch twins of the fused ops, written as SEDD.md states them.
+"""Plain-PyTorch twins of the fused ops, written as docs/math.md states them.
 
 They are the baseline of every test and benchmark: correct by inspection, not fast. They compute
 in float64 for float64 inputs and in float32 otherwise (bf16/fp16 inputs are upcast).
 
-- :func:`score_entropy` — the closed forms of SEDD.md §3, in the style of the paper's own code
+- :func:`score_entropy` — the closed forms of docs/math.md §3, in the style of the paper's own code
   (boolean indexing of masked rows for the absorbing graph). The "reference eager" baseline.
 - :func:`score_entropy_dense` — the same closed forms with dense masks and no data-dependent
   shapes, so that ``torch.compile`` can fuse it. The "compiled reference" baseline.
@@ -62,7 +62,7 @@ def _sigma(sigma, B, device, dtype) -> torch.Tensor:
 
 
 def rate_matrix(graph, V: int, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Dense Q [V, V] of SEDD.md §1: Q[y, x] is the rate from x to y; columns sum to 0."""
+    """Dense Q [V, V] of docs/math.md §1: Q[y, x] is the rate from x to y; columns sum to 0."""
     graph = _graph_name(graph)
     if graph == "absorb":
         Q = torch.zeros(V, V, dtype=dtype, device=device)
@@ -90,7 +90,7 @@ def transition_matrix(graph, V: int, sigma, dtype=torch.float64) -> torch.Tensor
 
 
 def score_entropy(log_score, x_t, x_0, sigma, graph) -> torch.Tensor:
-    """SEDD.md §3 closed forms, eager PyTorch (boolean-indexed masked rows for 'absorb')."""
+    """docs/math.md §3 closed forms, eager PyTorch (boolean-indexed masked rows for 'absorb')."""
     graph = _graph_name(graph)
     dtype = _compute_dtype(log_score)
     score = log_score.to(dtype)
@@ -121,7 +121,7 @@ def score_entropy(log_score, x_t, x_0, sigma, graph) -> torch.Tensor:
 
 
 def score_entropy_dense(log_score, x_t, x_0, sigma, graph) -> torch.Tensor:
-    """SEDD.md §3 closed forms with dense masks only (no boolean indexing): compile-friendly."""
+    """docs/math.md §3 closed forms with dense masks only (no boolean indexing): compile-friendly."""
     graph = _graph_name(graph)
     dtype = _compute_dtype(log_score)
     score = log_score.to(dtype)
@@ -146,7 +146,7 @@ def score_entropy_dense(log_score, x_t, x_0, sigma, graph) -> torch.Tensor:
 
 def linear_score_entropy(hidden, weight, bias, x_t, x_0, sigma, graph, logit_offset=None, *,
                          dense: bool = False) -> torch.Tensor:
-    """Per-token score entropy [B, L] of ℓ = hidden @ weight.T + bias + logit_offset (SEDD.md §3
+    """Per-token score entropy [B, L] of ℓ = hidden @ weight.T + bias + logit_offset (docs/math.md §3
     on the network's output projection): the log-scores materialised in full, in float32
     (float64 for float64 inputs), as the unfused network computes them. logit_offset: [B] or
     [B, L] or None."""
@@ -180,7 +180,7 @@ def _K(a: torch.Tensor) -> torch.Tensor:
 
 
 def score_entropy_general(log_score, x_t, x_0, sigma, Q) -> torch.Tensor:
-    """The definition of SEDD.md §3 for a dense rate matrix Q [V, V] (small V):
+    """The definition of docs/math.md §3 for a dense rate matrix Q [V, V] (small V):
 
         SE = Σ_{y ≠ x} w_y (e^{ℓ_y} − r_y ℓ_y + K(r_y)),  w_y = Q[x, y],
         r_y = P[y, x0] / P[x, x0],  P = exp(σQ).
@@ -212,7 +212,7 @@ def sample_categorical(weights: torch.Tensor, generator=None) -> torch.Tensor:
 
 
 def perturb(x_0, sigma, graph, num_tokens, generator=None):
-    """SEDD.md §1 with torch's RNG: move with probability 1 − e^{−σ} to the mask (absorb) or to a
+    """docs/math.md §1 with torch's RNG: move with probability 1 − e^{−σ} to the mask (absorb) or to a
     uniform token of [0, V) (uniform)."""
     graph = _graph_name(graph)
     B = x_0.shape[0]
@@ -247,7 +247,7 @@ def staggered_score(score, dsigma, graph):
 
 
 def step_weights(log_score, x, dsigma, graph, kind, frozen=None):
-    """The weights of one reverse step, SEDD.md §6, from the dense rate matrix (the definition;
+    """The weights of one reverse step, docs/math.md §6, from the dense rate matrix (the definition;
     small V), float64 [B, L, V], rows normalised to sum 1. s = e^ℓ with s_x = 1; Euler: δ·Q[x, y]·s_y
     and 1 − Σ at x; analytic: (exp(−δQ)·s)_y · exp(δQ)[x, y]; denoise: analytic, absorbing mask
     column dropped. Negative weights count as 0; a row of zeros keeps x (the absorbing denoiser:

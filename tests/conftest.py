@@ -37,7 +37,7 @@ def make_batch(B, L, V, graph, *, dtype=torch.float64, device="cpu", mask_frac=0
 
 def tiny_run_config(out, **overrides):
     """The TrainConfig of the short tiny CPU runs that the sampling/evaluation tests train on."""
-    from sedd.trainer import TrainConfig
+    from sedd.config import TrainConfig
     base = dict(steps=40, batch_size=16, seq_len=24, lr=3e-3, warmup=5, ema=0.5, eval_every=1000,
                 save_every=1000, sample_every=1000, out=str(out), progress=False,
                 final_report=False, hidden_size=32, n_blocks=2, n_heads=2, device="cpu")
@@ -53,7 +53,7 @@ def _seed():
 
 def small_cfg(out, **kw):
     """The TrainConfig of the few-step trainer tests (16 tokens, H = 32)."""
-    from sedd.trainer import TrainConfig
+    from sedd.config import TrainConfig
     base = dict(steps=6, batch_size=8, seq_len=16, lr=1e-3, warmup=2, ema=0.9, eval_every=1000,
                 save_every=1000, sample_every=1000, log_every=1, out=str(out), progress=False,
                 final_report=False, hidden_size=32, n_blocks=2, n_heads=2, dropout=0.0,
@@ -72,7 +72,7 @@ def script(name, *args, **kw):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A briefly trained tiny run folder (the built-in language, 24 tokens)."""
-    from sedd.trainer import Trainer
+    from sedd.training import Trainer
     out = tmp_path_factory.mktemp("run")
     Trainer(tiny_run_config(out)).fit()
     return out

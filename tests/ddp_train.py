@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from train import parse_args  # noqa: E402
 
 from sedd.config import from_args  # noqa: E402
-from sedd.trainer import Trainer  # noqa: E402
+from sedd.training import Trainer  # noqa: E402
 
 if __name__ == "__main__":
     t = Trainer(from_args(parse_args(sys.argv[1:])))

@@ -15,10 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sedd.ar import ARModel, ar_sample
-from sedd.language import builtin_language
-from sedd.model import ModelConfig, build_model, is_autoregressive
-from sedd.trainer import Trainer
+from sedd.families.ar import ar_sample
+from sedd.nn import ARModel
+from sedd.data.language import builtin_language
+from sedd.families import build_model, family_of
+from sedd.nn import ModelConfig
+from sedd.training import Trainer
 
 from conftest import ROOT, script, small_cfg
 
@@ -26,7 +28,7 @@ from conftest import ROOT, script, small_cfg
 def tiny_ar(n=9, L=12, H=16, blocks=2, heads=2, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=n + 1, hidden_size=H, n_blocks=blocks, n_heads=heads,
-                      dropout=0.0, scale_by_sigma=False, max_length=L, arch="ar")
+                      dropout=0.0, scale_by_sigma=False, max_length=L, family="ar")
     m = build_model(cfg).to(dtype)
     with torch.no_grad():      # random, not zero, weights everywhere (sharper distributions)
         for p in m.parameters():
@@ -36,14 +38,14 @@ def tiny_ar(n=9, L=12, H=16, blocks=2, heads=2, seed=0, dtype=torch.float64):
 
 def test_build_model_makes_the_ar_network_and_matches_the_ddit_trunk_widths():
     m = tiny_ar()
-    assert isinstance(m, ARModel) and is_autoregressive(m)
+    assert isinstance(m, ARModel) and family_of(m).exact_likelihood
     names = {k for k, _ in m.named_parameters()}
     assert "blocks.0.attn_qkv.weight" in names and "blocks.1.mlp.2.bias" in names
     assert not any("adaLN" in k or "sigma_map" in k for k in names)
     with pytest.raises(ValueError, match="parametrisation must be 'score'"):
-        ModelConfig(vocab_size=10, arch="ar", parametrisation="clean")
-    with pytest.raises(ValueError, match="arch must be one of"):
-        ModelConfig(vocab_size=10, arch="rnn")
+        build_model(ModelConfig(vocab_size=10, family="ar", parametrisation="clean"))
+    with pytest.raises(ValueError, match="family must be one of"):
+        build_model(ModelConfig(vocab_size=10, family="rnn"))
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
@@ -141,7 +143,7 @@ def test_ar_sample_bad_input():
 
 
 def ar_cfg(out, **kw):
-    return small_cfg(out, model="ar", **kw)
+    return small_cfg(out, family="ar", **kw)
 
 
 def test_a_short_run_beats_the_unigram_baseline_and_approaches_the_exact_nll(tmp_path):
@@ -151,9 +153,9 @@ def test_a_short_run_beats_the_unigram_baseline_and_approaches_the_exact_nll(tmp
     t = Trainer(ar_cfg(tmp_path, steps=150, batch_size=16, seq_len=32, lr=3e-3, warmup=10,
                        ema=0.0))
     x0 = torch.stack([t.corpus.valid[i] for i in range(256)])
-    before = t.objective.nll(t.model, x0)[0].mean().item() / 32
+    before = t.family.nll(t.model, x0)[0].mean().item() / 32
     t.fit()
-    after = t.objective.nll(t.model, x0)[0].mean().item() / 32
+    after = t.family.nll(t.model, x0)[0].mean().item() / 32
     unigram = lang.start @ lang.emit
     h_unigram = float(-(unigram * np.log(unigram)).sum())
     true_nll = float(-lang.log_likelihood(x0.numpy()).mean() / 32)
@@ -175,16 +177,16 @@ def test_resume_is_bitwise_exact(tmp_path):
 
 def test_resume_refuses_a_sedd_checkpoint(tmp_path):
     Trainer(small_cfg(tmp_path, steps=1)).fit()
-    with pytest.raises(ValueError, match="arch"):
+    with pytest.raises(ValueError, match="family = 'sedd', this run has 'ar'"):
         Trainer(ar_cfg(tmp_path, steps=2, resume=True))
 
 
 def test_config_refuses_sedd_settings():
     from sedd.config import TrainConfig
     with pytest.raises(ValueError, match="--model ar has no --graph"):
-        TrainConfig.from_preset("tiny", model="ar", graph="uniform")
+        TrainConfig.from_preset("tiny", family="ar", graph="uniform")
     with pytest.raises(ValueError, match="--parametrisation"):
-        TrainConfig.from_preset("tiny", model="ar", parametrisation="clean")
+        TrainConfig.from_preset("tiny", family="ar", parametrisation="clean")
 
 
 def test_accumulation_and_autocast_paths_run(tmp_path):
@@ -195,9 +197,9 @@ def test_accumulation_and_autocast_paths_run(tmp_path):
     x = torch.cat([t1.batch(0, 0), t1.batch(0, 1)])
     loss = float(t1.forward_backward())
     with torch.no_grad():
-        ref = float(t2.objective.loss(t2.model, x, None))
+        ref = float(t2.family.loss(t2.model, x, None))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = float(t2.objective.loss(t2.model, x, None))
+            low = float(t2.family.loss(t2.model, x, None))
     assert math.isclose(loss, ref, rel_tol=1e-5)
     assert math.isclose(low, ref, rel_tol=2e-2)
 
@@ -223,13 +225,13 @@ def ar_run(tmp_path_factory):
 
 
 def test_checkpoint_loads_through_every_door(ar_run, tmp_path):
-    from sedd.hub import load_pretrained, save_pretrained
-    from sedd.runconfig import ConfigError
-    p = load_pretrained(str(ar_run))
-    assert is_autoregressive(p.model) and p.run.graph is None and p.run.n == 381
+    from sedd.loading import load, save_pretrained
+    from sedd.loading import ConfigError
+    p = load(str(ar_run), tokenizer=False)
+    assert family_of(p.model).exact_likelihood and p.run.graph is None and p.run.n == 381
     assert p.run.build_graph() is None and p.run.build_noise() is None
     hub = save_pretrained(str(tmp_path / "hub"), p.model, run=p.run)
-    q = load_pretrained(hub)
+    q = load(hub, tokenizer=False)
     x = torch.randint(0, 381, (2, 16))
     torch.testing.assert_close(q.model.nll(x), p.model.nll(x))
     with pytest.raises(ConfigError, match="no autoregressive model"):
@@ -257,7 +259,7 @@ def test_sample_door_accepts_a_prefix_and_refuses_infill(ar_run, tmp_path):
     for flags, match in [(["--infill", "the [___] ."], "--infill: an autoregressive model"),
                          (["--suffix", "."], "--suffix: an autoregressive model"),
                          (["--length", "17"], "--length 17 is longer than"),
-                         (["--predictor", "euler"], "samples ancestrally"),
-                         (["--window", "8"], "--window is for SEDD models")]:
+                         (["--predictor", "euler"], "--predictor applies to SEDD models"),
+                         (["--window", "8"], "--window applies to SEDD models")]:
         r = script("sample.py", "--checkpoint", str(ar_run), "--out", str(out), *flags)
         assert r.returncode != 0 and match in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import sedd_kernels as sk
-from sedd.graphs import Absorbing, Uniform
-from sedd.hub import from_pretrained, save_pretrained
-from sedd.inference import load_for_inference
-from sedd.losses import loss_fn
-from sedd.model import DDiT, ModelConfig
-from sedd.noise import Geometric, LogLinear
+from sedd.core.graphs import Absorbing, Uniform
+from sedd.loading import from_pretrained, save_pretrained
+from sedd.loading import load_for_inference
+from sedd.core.losses import loss_fn
+from sedd.nn import DDiT, ModelConfig
+from sedd.core.noise import Geometric, LogLinear
 from sedd.sampling import sample
-from sedd.trainer import TrainConfig, Trainer
+from sedd.config import TrainConfig
+from sedd.training import Trainer
 
 from conftest import tiny_run_config
 
@@ -90,7 +91,7 @@ def test_clean_network_ignores_sigma_and_score_network_does_not():
 
 
 def test_fused_loss_on_clean_output_is_weighted_cross_entropy():
-    """With ℓ = log p − log expm1(σ), SEDD.md §3's absorbing SE is −log p(x₀ | x)/expm1(σ) at a
+    """With ℓ = log p − log expm1(σ), docs/math.md §3's absorbing SE is −log p(x₀ | x)/expm1(σ) at a
     masked position: the fused kernel reads the DDiT output in the same [B, L, V] layout."""
     model = tiny_model()
     x0 = torch.randint(0, N, (3, 12), generator=torch.Generator().manual_seed(4))

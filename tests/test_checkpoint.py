@@ -17,15 +17,16 @@ import sys
 import pytest
 import torch
 
-from sedd.graphs import Absorbing, Uniform
-from sedd.checkpoint import load_checkpoint
-from sedd.hub import (CheckpointError, from_pretrained, load_pretrained, read_run_config,
+from sedd.core.graphs import Absorbing, Uniform
+from sedd.loading.checkpoints import load_checkpoint
+from sedd.loading import (CheckpointError, from_pretrained, load, read_config,
                       save_pretrained)
-from sedd.inference import load_run
-from sedd.model import PRESETS, DDiT, ModelConfig
-from sedd.noise import Geometric, LogLinear
+from sedd.loading import load
+from sedd.config import model_preset
+from sedd.nn import DDiT, ModelConfig
+from sedd.core.noise import Geometric, LogLinear
 
-from sedd.trainer import Trainer
+from sedd.training import Trainer
 
 from conftest import small_cfg, tiny_run_config
 
@@ -162,7 +163,7 @@ def test_paper_hub_folder_loads_with_its_graph_noise_and_outputs(tmp_path, fmt):
     tokens = 100
     sd = random_state(tokens)
     folder = write_paper_hub(tmp_path / "sedd-small", paper_config(tokens), sd, fmt)
-    p = load_pretrained(folder)
+    p = load(folder, tokenizer=False)
     assert p.run.layout == "paper" and p.run.n == tokens and p.model.config.vocab_size == tokens + 1
     assert p.model.config.scale_by_sigma and p.model.config.dropout == 0.1
     assert torch.equal(outputs(p.model, tokens + 1), outputs(reference_model(tokens, sd), tokens + 1))
@@ -176,7 +177,7 @@ def test_paper_geometric_schedule_takes_the_configs_range(tmp_path):
     tokens = 64
     sd = random_state(tokens, "uniform")
     cfg = paper_config(tokens, "uniform", "geometric", sigma_min=1e-3, sigma_max=7.5)
-    p = load_pretrained(write_paper_hub(tmp_path / "u", cfg, sd))
+    p = load(write_paper_hub(tmp_path / "u", cfg, sd), tokenizer=False)
     noise, graph = p.run.build_noise(), p.run.build_graph()
     assert isinstance(noise, Geometric) and (noise.sigma_min, noise.sigma_max) == (1e-3, 7.5)
     assert isinstance(graph, Uniform) and graph.V == tokens and not p.model.config.scale_by_sigma
@@ -199,7 +200,7 @@ def test_paper_config_errors_name_the_field(tmp_path, edit, message):
     edit(cfg)
     folder = write_paper_hub(tmp_path / "bad", cfg, random_state(100))
     with pytest.raises(CheckpointError, match=message):
-        load_pretrained(folder)
+        load(folder, tokenizer=False)
 
 
 def test_weights_that_do_not_match_are_named(tmp_path):
@@ -208,19 +209,19 @@ def test_weights_that_do_not_match_are_named(tmp_path):
     missing = dict(sd)
     del missing["blocks.1.attn_out.weight"]
     with pytest.raises(CheckpointError, match=r"missing 1 parameter\(s\): blocks.1.attn_out.weight"):
-        load_pretrained(write_paper_hub(tmp_path / "a", cfg, missing))
+        load(write_paper_hub(tmp_path / "a", cfg, missing), tokenizer=False)
     extra = {**sd, "score_head.weight": torch.zeros(3)}
     with pytest.raises(CheckpointError, match=r"unexpected 1 parameter\(s\): score_head.weight"):
-        load_pretrained(write_paper_hub(tmp_path / "b", cfg, extra))
+        load(write_paper_hub(tmp_path / "b", cfg, extra), tokenizer=False)
     cfg2 = paper_config(100)
     cfg2["model"]["hidden_size"] = 64
     cfg2["model"]["n_heads"] = 4
     with pytest.raises(CheckpointError, match=r"vocab_embed.embedding has shape \(101, 32\), the "
                                               r"model \(from the config\) expects \(101, 64\)"):
-        load_pretrained(write_paper_hub(tmp_path / "c", cfg2, sd))
+        load(write_paper_hub(tmp_path / "c", cfg2, sd), tokenizer=False)
     # DDP's module. prefix is taken off
     prefixed = {"module." + k: v for k, v in sd.items()}
-    p = load_pretrained(write_paper_hub(tmp_path / "d", cfg, prefixed))
+    p = load(write_paper_hub(tmp_path / "d", cfg, prefixed), tokenizer=False)
     assert torch.equal(p.model.state_dict()["vocab_embed.embedding"], sd["vocab_embed.embedding"])
 
 
@@ -259,7 +260,7 @@ def test_vocabulary_must_agree_with_the_tokenizer(tmp_path, gpt2_ranks):
     folder = write_paper_hub(tmp_path / "v", paper_config(1000), random_state(1000))
     with pytest.raises(ValueError, match="has 50257 tokens but the checkpoint's vocabulary has "
                                          "1000 real tokens"):
-        load_run(folder, tokenizer=f"gpt2:{gpt2_ranks}")
+        load(folder, tokenizer=f"gpt2:{gpt2_ranks}")
 
 
 # ------------------------------------------------------------------ the paper's training runs
@@ -268,10 +269,10 @@ def test_paper_run_folder_ema_by_default_raw_on_request(tmp_path):
     raw, ema = random_state(tokens, seed=1), random_state(tokens, seed=2)
     folder = write_paper_run(tmp_path / "exp_local" / "run", paper_config(tokens), raw, ema)
     V = tokens + 1
-    p = load_pretrained(folder)
+    p = load(folder, tokenizer=False)
     assert p.weights == "ema" and p.run.layout == "paper" and p.state["step"] == 1000
     assert torch.equal(outputs(p.model, V), outputs(reference_model(tokens, ema), V))
-    q = load_pretrained(folder, use_ema=False)
+    q = load(folder, use_ema=False, tokenizer=False)
     assert q.weights == "raw"
     assert torch.equal(outputs(q.model, V), outputs(reference_model(tokens, raw), V))
     assert not torch.equal(outputs(p.model, V), outputs(q.model, V))
@@ -283,9 +284,9 @@ def test_paper_run_numbered_checkpoints_and_a_pth_file(tmp_path):
     raw, ema = random_state(tokens, seed=1), random_state(tokens, seed=2)
     folder = write_paper_run(tmp_path / "run", paper_config(tokens), raw, ema, numbered=(5, 12),
                              meta=False)
-    p = load_pretrained(folder)               # the newest numbered one
+    p = load(folder, tokenizer=False)               # the newest numbered one
     assert p.path.endswith("checkpoint_12.pth") and p.state["step"] == 12
-    one = load_pretrained(os.path.join(folder, "checkpoints", "checkpoint_5.pth"), use_ema=False)
+    one = load(os.path.join(folder, "checkpoints", "checkpoint_5.pth"), use_ema=False, tokenizer=False)
     assert one.state["step"] == 5
     assert torch.equal(outputs(one.model, tokens + 1), outputs(reference_model(tokens, raw), tokens + 1))
 
@@ -299,20 +300,20 @@ def test_paper_run_errors(tmp_path):
     state["ema"]["shadow_params"] = state["ema"]["shadow_params"][:-1]
     torch.save(state, meta)
     with pytest.raises(CheckpointError, match="shadow_params has 29 tensors, the model has 30"):
-        load_pretrained(folder)
-    assert load_pretrained(folder, use_ema=False).weights == "raw"
+        load(folder, tokenizer=False)
+    assert load(folder, use_ema=False, tokenizer=False).weights == "raw"
     state["ema"]["shadow_params"] = [ema[k] for k in reversed(paper_parameter_order(BLOCKS))]
     torch.save(state, meta)
     with pytest.raises(CheckpointError, match=r"shadow_params\[0\] has shape .*parameter "
                                               r"vocab_embed.embedding expects \(51, 32\)"):
-        load_pretrained(folder)
+        load(folder, tokenizer=False)
     with open(meta, "wb") as fh:
         fh.write(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
-        load_pretrained(folder)
+        load(folder, tokenizer=False)
     os.remove(os.path.join(folder, ".hydra", "config.yaml"))
     with pytest.raises(CheckpointError, match="no checkpoint found|config.yaml is missing"):
-        load_pretrained(folder)
+        load(folder, tokenizer=False)
 
 
 # ------------------------------------------------------------------ the doors
@@ -357,7 +358,8 @@ def test_sample_and_evaluate_doors_read_paper_folders(paper_gpt2, gpt2_ranks, tm
 
 
 def test_fine_tuning_from_a_paper_checkpoint(paper_gpt2, gpt2_ranks, tmp_path):
-    from sedd.trainer import TrainConfig, Trainer
+    from sedd.config import TrainConfig
+    from sedd.training import Trainer
     hub, run, raw, ema = paper_gpt2
     data = tmp_path / "corpus"
     data.mkdir()
@@ -381,7 +383,7 @@ def test_fine_tuning_from_a_paper_checkpoint(paper_gpt2, gpt2_ranks, tmp_path):
     moved = max((t.model.state_dict()[k] - v).abs().max().item() for k, v in ema.items())
     assert 0 < moved < 0.1
     # the run's own checkpoint loads back with the checkpoint's graph and noise
-    p = load_pretrained(str(tmp_path / "ft"))
+    p = load(str(tmp_path / "ft"), tokenizer=False)
     assert p.run.graph == "absorb" and p.run.noise == {"name": "loglinear", "eps": 1e-3}
     raw_cfg = TrainConfig.from_preset("tiny", init_from=run, init_weights="raw",
                                       **{**common, "out": str(tmp_path / "ft2")})
@@ -419,15 +421,15 @@ def test_train_door_init_from(paper_gpt2, gpt2_ranks, tmp_path):
 # ------------------------------------------------------------------ export
 def test_export_to_the_paper_layout_round_trips(tmp_path):
     from huggingface_hub import PyTorchModelHubMixin
-    from sedd.trainer import Trainer
+    from sedd.training import Trainer
     Trainer(tiny_run_config(tmp_path / "run", steps=3)).fit()
-    src = load_pretrained(str(tmp_path / "run"))
+    src = load(str(tmp_path / "run"), tokenizer=False)
     r = _door("export.py", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "paper"))
     assert r.returncode == 0, r.stderr
     cfg = json.load(open(tmp_path / "paper" / "config.json"))
     assert cfg["tokens"] == src.run.n and cfg["graph"]["type"] == "absorb"
     assert cfg["noise"]["type"] == "loglinear" and cfg["model"]["length"] == 24
-    back = load_pretrained(str(tmp_path / "paper"))
+    back = load(str(tmp_path / "paper"), tokenizer=False)
     a, b = src.model.state_dict(), back.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert back.run.tokenizer == "builtin" and back.run.noise == src.run.noise
@@ -468,7 +470,7 @@ def test_a_hub_folder_without_weights_is_named(tmp_path):
     folder = write_paper_hub(tmp_path / "h", paper_config(100), random_state(100))
     os.remove(os.path.join(folder, "model.safetensors"))
     with pytest.raises(CheckpointError, match="has a config.json but no weights"):
-        read_run_config(folder)
+        read_config(folder)
 
 
 def test_save_and_load_pretrained_round_trip(run_dir, tmp_path):
@@ -516,7 +518,7 @@ def paper_small_layout(V=50258, H=768, N=12, C=128):
 def test_paper_checkpoint_layout_loads_strictly():
     spec = paper_small_layout()
     state = {k: torch.randn(s) * 0.01 for k, s in spec.items()}
-    model = DDiT(ModelConfig(vocab_size=50258, **PRESETS["small"]))
+    model = DDiT(ModelConfig(vocab_size=50258, **model_preset("small")))
     model.load_state_dict(state, strict=True)
     assert 85e6 < model.num_parameters() < 95e6
 
@@ -576,7 +578,7 @@ def test_resume_rejects_a_different_parametrisation(tmp_path):
 def test_rng_state_round_trip():
     """The training checkpoint's random state (CPU here; CUDA generators in tests/test_cuda.py)
     brings the draws back: exact resume of dropout and noise levels."""
-    from sedd.checkpoint import restore_rng, rng_state
+    from sedd.training.checkpoints import restore_rng, rng_state
     saved = rng_state()
     a = torch.rand(5)
     torch.rand(9)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sedd import compare as C
-from sedd.language import builtin_language
+import comparison as C
+from sedd.data.language import builtin_language
 
 from conftest import script
 from test_genppl import tiny_lm  # noqa: F401  (the fixture)
@@ -69,9 +69,10 @@ def test_a_second_run_reuses_the_trained_models(quick):
 def test_the_ar_depth_matches_the_ddit_size():
     k, ar, ddit = C.matched_ar_blocks(128, 4, 64, 4, 381)
     assert k == 5
-    from sedd.model import ModelConfig, build_model
+    from sedd.families import build_model
+    from sedd.nn import ModelConfig
     counts = {j: build_model(ModelConfig(vocab_size=382, hidden_size=128, n_blocks=j, n_heads=4,
-                                         scale_by_sigma=False, max_length=8, arch="ar"))
+                                         scale_by_sigma=False, max_length=8, family="ar"))
               .num_parameters() for j in (4, 5, 6)}
     assert counts[5] == ar and all(abs(counts[5] - ddit) <= abs(c - ddit) for c in counts.values())
 

@@ -7,11 +7,11 @@ float tolerance."""
 import pytest
 import torch
 
-from sedd.graphs import Absorbing, Uniform
-from sedd.model import DDiT, ModelConfig, compile_model
-from sedd.noise import Geometric, LogLinear
+from sedd.core.graphs import Absorbing, Uniform
+from sedd.nn import DDiT, ModelConfig, compile_model
+from sedd.core.noise import Geometric, LogLinear
 from sedd.sampling import sample
-from sedd.trainer import Trainer
+from sedd.training import Trainer
 
 from conftest import script, small_cfg
 
@@ -59,9 +59,9 @@ def test_compiled_sampler_matches_eager(graph):
 
 
 def test_sample_door_refuses_compile_for_the_autoregressive_model(tmp_path):
-    from sedd.trainer import Trainer as T
+    from sedd.training import Trainer as T
     out = tmp_path / "ar"
-    T(small_cfg(out, model="ar", steps=2)).fit()
+    T(small_cfg(out, family="ar", steps=2)).fit()
     r = script("sample.py", "--checkpoint", str(out), "--compile", "--device", "cpu",
                "--steps", "2")
     assert r.returncode != 0 and "--compile applies to SEDD models" in r.stderr

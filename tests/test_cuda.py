@@ -48,9 +48,9 @@ def test_invalid_values_stop_the_cuda_kernels(what):
 def test_sampler_steps_do_not_sync_cuda(graph):
     """The sampler's step loop (network + fused step, the bare projection product handed to the
     kernel) makes no host sync once warm: torch.cuda.set_sync_debug_mode('error') raises on one."""
-    from sedd.graphs import Absorbing, Uniform
-    from sedd.model import DDiT, ModelConfig
-    from sedd.noise import Geometric, LogLinear
+    from sedd.core.graphs import Absorbing, Uniform
+    from sedd.nn import DDiT, ModelConfig
+    from sedd.core.noise import Geometric, LogLinear
     from sedd.sampling import sample
     g = Absorbing(200) if graph == "absorb" else Uniform(200)
     noise = LogLinear() if graph == "absorb" else Geometric()
@@ -68,9 +68,9 @@ def test_sampler_steps_do_not_sync_cuda(graph):
 
 
 def test_sample_on_cuda_is_reproducible_cuda():
-    from sedd.graphs import Absorbing
-    from sedd.model import DDiT, ModelConfig
-    from sedd.noise import LogLinear
+    from sedd.core.graphs import Absorbing
+    from sedd.nn import DDiT, ModelConfig
+    from sedd.core.noise import LogLinear
     from sedd.sampling import sample
     g = Absorbing(500)
     model = DDiT(ModelConfig(vocab_size=g.V, hidden_size=64, n_blocks=2, n_heads=2, cond_dim=32,
@@ -85,7 +85,7 @@ def test_sample_on_cuda_is_reproducible_cuda():
 def test_checkpoint_restores_the_cuda_rng_cuda():
     """Issue 13, defect 5: the trainer's checkpoint restores the CUDA generators too, so a
     resumed GPU run draws what the uninterrupted one would have (dropout, perturbation)."""
-    from sedd.checkpoint import restore_rng, rng_state
+    from sedd.training.checkpoints import restore_rng, rng_state
     torch.cuda.manual_seed_all(3)
     saved = rng_state()
     a = torch.rand(5, device="cuda")
@@ -123,9 +123,9 @@ def test_sample_with_cuda_graph_matches_the_eager_sampler_cuda(graph_name):
     """sample(cuda_graph=True) captures network + step once per window and replays it: the same
     tokens as the uncaptured sampler for the same generator, over two semi-autoregressive
     windows, with given positions."""
-    from sedd.graphs import Absorbing, Uniform
-    from sedd.model import DDiT, ModelConfig
-    from sedd.noise import Geometric, LogLinear
+    from sedd.core.graphs import Absorbing, Uniform
+    from sedd.nn import DDiT, ModelConfig
+    from sedd.core.noise import Geometric, LogLinear
     from sedd.sampling import sample
     g = Absorbing(300) if graph_name == "absorb" else Uniform(300)
     noise = LogLinear() if graph_name == "absorb" else Geometric()
@@ -149,7 +149,7 @@ def test_training_steps_do_not_sync_cuda(tmp_path):
     (The absorbing loss keeps one sync per step: it counts its masked rows to skip the others'
     products.)"""
     from conftest import small_cfg
-    from sedd.trainer import Trainer
+    from sedd.training import Trainer
     t = Trainer(small_cfg(tmp_path, graph="uniform", device="cuda"))
     t.train_step()
     torch.cuda.synchronize()
@@ -196,7 +196,7 @@ def test_trainer_bf16_matches_fp32_and_resumes_exactly_cuda(tmp_path):
     resume + N/2 bitwise (CUDA RNG restored)."""
     from conftest import small_cfg
     from safetensors.torch import load_file
-    from sedd.trainer import Trainer
+    from sedd.training import Trainer
     bf16 = Trainer(small_cfg(tmp_path / "bf16", device="cuda"))
     fp32 = Trainer(small_cfg(tmp_path / "fp32", device="cuda"))
     fp32.autocast = False

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sedd.language import builtin_language
+from sedd.data.language import builtin_language
 
 from conftest import SHARED
 

@@ -27,7 +27,7 @@ def door(name):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("doors")
-    from sedd.trainer import Trainer
+    from sedd.training import Trainer
     Trainer(tiny_run_config(base / "run", steps=2)).fit()
     (base / "empty.txt").write_text("")
     (base / "text.txt").write_text("some words to train a tokenizer on. " * 50)
@@ -83,13 +83,13 @@ def cases():
         (s, ["--checkpoint", "{b}/run", "--steps", "0"], "--steps must be >= 1"),
         (s, ["--checkpoint", "{b}/run", "--num-samples", "-2"], "--num-samples must be >= 1"),
         (s, ["--checkpoint", "{b}/run", "--length", "0"], "--length must be >= 1"),
-        (s, ["--checkpoint", "{b}/run", "--window", "48"], "--window 48 is longer than the model's window 24"),
-        (s, ["--checkpoint", "{b}/run", "--length", "96", "--stride", "30"], "--stride 30 is longer than the window 24"),
+        (s, ["--checkpoint", "{b}/run", "--window", "48"], "window 48 (--window) is longer than the model's window 24"),
+        (s, ["--checkpoint", "{b}/run", "--length", "96", "--stride", "30"], "got 30 (--stride is longer than the window)"),
         (s, ["--checkpoint", "{b}/run", "--stride", "0"], "--stride must be >= 1"),
         (s, ["--checkpoint", "{b}/run", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (s, ["--checkpoint", "{b}/run", "--top-p", "x"], "--top-p must be in (0, 1], got 'x'"),
         (s, ["--checkpoint", "{b}/run", "--temperature", "0"], "--temperature must be > 0"),
-        (s, ["--checkpoint", "{b}/run", "--tokens-per-step", "2"], "--tokens-per-step applies to --predictor first_hitting"),
+        (s, ["--checkpoint", "{b}/run", "--tokens-per-step", "2"], "tokens_per_step applies to predictor 'first_hitting', not 'analytic'"),
         (s, ["--checkpoint", "{b}/run", "--stop-at-eos"], "this tokenizer has no end-of-sequence token"),
         (s, ["--checkpoint", "{b}/run", "--stop-at-eos", "--eos", "the a"], "--eos 'the a' is 2 tokens"),
         (s, ["--checkpoint", "{b}/run", "--stop-at-eos", "--eos", "zzzq"], "--eos 'zzzq': word 'zzzq' is not in the built-in language's vocabulary"),
@@ -98,7 +98,7 @@ def cases():
         (s, ["--checkpoint", "{b}/run", "--tokenizer", "char"], "tokenizer 'char' has 27 tokens but the checkpoint's vocabulary has"),
         (s, ["--checkpoint", "{b}/run", "--out", "{b}/no/such/dir/s.jsonl"], "the folder {b}/no/such/dir does not exist"),
         (s, ["--checkpoint", "{b}/run", "--predictor", "leap"], "invalid choice: 'leap'"),
-        (s, ["--checkpoint", "{b}/run", "--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
+        (s, ["--checkpoint", "{b}/run", "--cuda-graph", "--device", "cpu"], "cuda_graph=True (--cuda-graph) needs a CUDA model (--device cuda)"),
         (t, ["--compile=yes"], "argument --compile: ignored explicit argument 'yes'"),
         (s, [], "the following arguments are required: --checkpoint"),
         # evaluate.py

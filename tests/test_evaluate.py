@@ -38,7 +38,7 @@ def test_evaluate_scores_builtin_samples_exactly(run_dir, tmp_path):
     samples infinite, and the valid ones are reported on their own."""
     sys.path.insert(0, os.path.join(ROOT, "python"))
     import evaluate
-    from sedd.language import builtin_language
+    from sedd.data.language import builtin_language
     lang = builtin_language()
     good = lang.sample(5, 24, seed=7)
     bad = lang.encode("the the") + good[0, 2:].tolist()

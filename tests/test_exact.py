@@ -9,9 +9,9 @@ import torch
 from sedd_kernels import reference as R
 
 from exact import ExactModel, exact_bound, geometric, loglinear, prior_term, tv
-from sedd.graphs import General, get_graph
-from sedd.losses import likelihood_bound
-from sedd.noise import Geometric, LogLinear
+from sedd.core.graphs import General, get_graph
+from sedd.core.losses import likelihood_bound
+from sedd.core.noise import Geometric, LogLinear
 from sedd.sampling import sample
 
 EPS = 1e-3
@@ -43,7 +43,7 @@ def make_model(graph, case, n=3, L=2):
 @pytest.mark.parametrize("graph", ["absorb", "uniform", "general"])
 @pytest.mark.parametrize("case", ["random", "peaked", "sparse"])
 def test_bound_with_the_exact_score_is_tight(graph, case):
-    """SEDD.md §4 (Thm 3.6) when the forward process reaches its base at t = 1 (log-linear,
+    """docs/math.md §4 (Thm 3.6) when the forward process reaches its base at t = 1 (log-linear,
     ε = 0: σ̄(1) = ∞, prior term 0): with the exact concrete score, ∫₀¹ σ̇ E[Σ_i SE_i] dt —
     Gauss–Legendre in log σ, 200 nodes — equals −log p0(x0) for every x0 in the support (within
     1e-6 nats; the issue asks 1e-3)."""
@@ -83,8 +83,8 @@ def test_bound_gap_with_a_leaky_prior_is_the_prior_mismatch(graph, capsys):
 @pytest.mark.parametrize("graph, schedule", [("absorb", "loglinear"), ("uniform", "loglinear"),
                                              ("general", "loglinear"), ("uniform", "geometric")])
 def test_evaluate_code_path_matches_the_exact_bound(graph, schedule, capsys):
-    """The integral of SEDD.md §4 (paper, Thm 3.6), ∫₀¹ σ̇(t) E_{x_t ~ P(σ̄(t))[:, x0]}[Σ_i SE_i] dt:
-    sedd.losses.likelihood_bound — the evaluate.py path: fused perturbation and loss, K = 32
+    """The integral of docs/math.md §4 (paper, Thm 3.6), ∫₀¹ σ̇(t) E_{x_t ~ P(σ̄(t))[:, x0]}[Σ_i SE_i] dt:
+    sedd.core.losses.likelihood_bound — the evaluate.py path: fused perturbation and loss, K = 32
     stratified noise levels per sequence — run with the oracle network (the exact marginal score)
     agrees with the exact integral (Gauss–Legendre in log σ, tests/exact.py) for every x0 within
     3 of its *reported* standard errors (1000 repeats pooled), and the reported standard errors
@@ -128,7 +128,7 @@ def test_noise_levels_are_stratified_and_optionally_low_discrepancy(low_discrepa
     w (NoiseLevelSampler's variable, recovered from the σ the network sees); with
     batch_low_discrepancy (MDLM's sampler) the B draws of a stratum also fall one in each of its
     B equal slices, in a random order (each sequence's draw stays uniform over the stratum)."""
-    from sedd.losses import NoiseLevelSampler, _log_expm1
+    from sedd.core.losses import NoiseLevelSampler, log_expm1
     B, K, n = 16, 4, 3
     seen = []
 
@@ -144,7 +144,7 @@ def test_noise_levels_are_stratified_and_optionally_low_discrepancy(low_discrepa
     S = NoiseLevelSampler(noise)
     slots = []
     for k, sigma in enumerate(seen):
-        u = torch.sigmoid((_log_expm1(sigma) - S.mu) / S.spread)
+        u = torch.sigmoid((log_expm1(sigma) - S.mu) / S.spread)
         w = ((u - S.u0) / (S.u1 - S.u0)).double()      # float32 σ: w to ~1e-6
         assert ((w * K > k - 1e-4) & (w * K < k + 1 + 1e-4)).all()
         slots.append(((w * K - k) * B).floor().clamp(0, B - 1).long())
@@ -163,7 +163,7 @@ def noise_floor(M, N):
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_analytic_sampler_converges(graph, capsys):
-    """SEDD.md §6 with the exact score: TV(10^5 samples, p0) falls with the number of steps and
+    """docs/math.md §6 with the exact score: TV(10^5 samples, p0) falls with the number of steps and
     is below 0.02 at 256 steps (64 sequences: n = 4, L = 3)."""
     n, L, N = 4, 3, 100_000
     M = ExactModel(graph, n, L, p0_cases(n, L)["random"] ** 3)
@@ -211,7 +211,7 @@ def test_infilling_samples_the_exact_conditional():
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_fused_loss_on_exact_scores(graph):
-    """SEDD.md §3 on the oracle's marginal log-scores (including −inf entries): the fused op
+    """docs/math.md §3 on the oracle's marginal log-scores (including −inf entries): the fused op
     equals the reference and the definition; with the exact *conditional* score of one x0 it is
     0 (tests/test_score_entropy.py covers that for the fused op on random positions)."""
     import sedd_kernels as sk
@@ -232,9 +232,9 @@ def test_fused_loss_on_exact_scores(graph):
 
 def test_tiny_ddit_reaches_the_entropy(capsys):
     """A tiny DDiT (2 blocks, H = 64) trained 600 steps on p0 (n = 4, L = 3, absorbing) reaches
-    a bound E_{x0~p0}[bound] within 10% of H(p0) (SEDD.md §4, K = 32 stratified timesteps)."""
-    from sedd.losses import loss_fn
-    from sedd.model import DDiT, ModelConfig
+    a bound E_{x0~p0}[bound] within 10% of H(p0) (docs/math.md §4, K = 32 stratified timesteps)."""
+    from sedd.core.losses import loss_fn
+    from sedd.nn import DDiT, ModelConfig
     torch.manual_seed(0)
     n, L = 4, 3
     M = ExactModel("absorb", n, L, p0_cases(n, L)["random"] ** 3)

@@ -43,7 +43,7 @@ def tiny_lm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     if os.path.exists(TIKTOKEN) and _has("tiktoken"):
         from transformers.convert_slow_tokenizer import TikTokenConverter
-        from sedd.data import TiktokenGPT2
+        from sedd.data.corpora import TiktokenGPT2
         fast = TikTokenConverter(vocab_file=TIKTOKEN, pattern=TiktokenGPT2.PATTERN,
                                  extra_special_tokens={"<|endoftext|>": 50256}).converted()
     else:
@@ -84,7 +84,7 @@ def reference_nll(model, tok, text, context, stride):
 
 @pytest.mark.parametrize("stride", [16, 31])
 def test_score_texts_equals_a_direct_loop(tiny_lm, stride):
-    from sedd.genppl import load_causal_lm, score_texts
+    from sedd.evaluation.genppl import load_causal_lm, score_texts
     model, tok = load_causal_lm(tiny_lm)
     scored = score_texts(TEXTS, model, tok, batch_size=3, stride=stride)
     assert scored.context == CONTEXT and scored.stride == stride
@@ -102,7 +102,7 @@ def test_evaluate_cli_reports_the_generative_perplexity(tiny_lm, tmp_path):
     stride: half the context) and the unigram entropy of the samples' own tokens."""
     sys.path.insert(0, os.path.join(ROOT, "python"))
     import evaluate
-    from sedd.genppl import load_causal_lm
+    from sedd.evaluation.genppl import load_causal_lm
     rows = [{"tokens": [1, 2, 2, 3, 3, 3], "text": TEXTS[0]}, {"tokens": [7] * 6, "text": TEXTS[2]},
             {"tokens": [4, 5, 6, 4, 5, 6], "text": TEXTS[3]}]
     path = tmp_path / "samples.jsonl"
@@ -140,7 +140,7 @@ def test_an_unloadable_causal_lm_is_a_clear_error(tmp_path):
 def test_protocol_block_layouts():
     """sedd: consecutive blocks of the EOS-joined stream; mdlm: [BOS] doc [EOS] per document,
     concatenated, cut into L − 2 and wrapped [BOS] … [EOS], remainder dropped."""
-    from sedd.evaluation import mdlm_blocks, mdlm_stream, sedd_blocks
+    from sedd.evaluation.protocols import mdlm_blocks, mdlm_stream, sedd_blocks
     E = 9
     stream = np.array([5, 6, E, 7, E, 1, 2, 3, E])
     assert mdlm_stream(stream, E, E).tolist() == [E, 5, 6, E, E, 7, E, E, 1, 2, 3, E]
@@ -158,7 +158,7 @@ def test_protocols_on_a_local_text_file(tmp_path):
     out as test_protocol_block_layouts says; the GPT-2 tokenizer's EOS is BOS and EOS."""
     pytest.importorskip("tiktoken", reason="tiktoken is a `train` extra")
     from sedd.data import load_corpus
-    from sedd.evaluation import evaluation_set, mdlm_stream
+    from sedd.evaluation.protocols import evaluation_set, mdlm_stream
     text = tmp_path / "doc.txt"
     text.write_text("It was the best of times, it was the worst of times. " * 400)
     spec, L = "gpt2:" + TIKTOKEN, 16
@@ -183,8 +183,8 @@ def test_protocols_read_their_splits(monkeypatch, tmp_path, protocol, name, spli
     detokenized, EOS-joined, cached, and laid out as the protocol says."""
     pytest.importorskip("tiktoken", reason="tiktoken is a `train` extra")
     datasets = pytest.importorskip("datasets")
-    from sedd.data import DETOKENIZERS, HF_NAMES, get_tokenizer
-    from sedd.evaluation import evaluation_set, mdlm_blocks, sedd_blocks
+    from sedd.data.corpora import DETOKENIZERS, HF_NAMES, get_tokenizer
+    from sedd.evaluation.protocols import evaluation_set, mdlm_blocks, sedd_blocks
     docs = [f"Document {i} : it was the best of times , it was the worst of times ." for i in range(40)]
     asked = []
 

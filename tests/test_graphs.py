@@ -1,4 +1,4 @@
-"""GeneralGraph (SEDD.md §1, §3, §6 with a user's dense Q): exact transitions, and — given the
+"""GeneralGraph (docs/math.md §1, §3, §6 with a user's dense Q): exact transitions, and — given the
 absorbing or uniform Q — the closed-form ops to float64 precision."""
 
 import math
@@ -49,7 +49,7 @@ def test_score_entropy_matches_closed_form(graph):
 
 
 def closed_form_weights(ls, x, d, graph, kind):
-    """Weights of SEDD.md §6 written with its closed forms (not matrices), float64."""
+    """Weights of docs/math.md §6 written with its closed forms (not matrices), float64."""
     V = ls.shape[-1]
     s = ls.exp().scatter(-1, x[..., None], 1.0)
     d = d[:, None, None]
@@ -141,7 +141,7 @@ def test_bad_rate_matrices():
 def test_general_sample_limit_is_reproducible_from_its_generator(device):
     """The base draw of a general graph follows the generator on every device (on CUDA it
     used to fall back to the default generator, so a seeded sampler was not reproducible)."""
-    from sedd.graphs import General
+    from sedd.core.graphs import General
     V = 6
     Q = torch.rand(V, V, dtype=torch.float64) + 0.1
     Q -= torch.diag(Q.sum(0))

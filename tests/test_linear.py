@@ -1,4 +1,4 @@
-"""linear_score_entropy (fused output projection + score entropy, SEDD.md §3 on
+"""linear_score_entropy (fused output projection + score entropy, docs/math.md §3 on
 ℓ = hidden·Wᵀ + b + offset) and its chunk kernel score_entropy_with_grad_: value and all gradients
 against the unfused float64 reference, chunk boundaries, dtypes, autocast, torch.compile, opcheck,
 bad input."""
@@ -241,7 +241,7 @@ def test_opcheck(graph):
 @pytest.mark.parametrize("device", DEVICES)
 def test_with_grad_kernel_matches_reference(device, graph, dtype):
     """score_entropy_with_grad_: the loss of ℓ = log_score + offset and, written in place,
-    grad·∂SE/∂ℓ (SEDD.md §3), on strided rows, against the float64 reference's autograd."""
+    grad·∂SE/∂ℓ (docs/math.md §3), on strided rows, against the float64 reference's autograd."""
     ls, xt, x0, sig = make_batch(3, 8, 1100, graph, device=device)
     off = torch.randn(3, 8, dtype=torch.float64, device=device)
     gout = torch.randn(3, 8, dtype=torch.float64, device=device)

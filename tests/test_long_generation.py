@@ -1,7 +1,7 @@
 """Generation at any length and budget (issue 14): first-hitting sampling, semi-autoregressive
 windows, stop at EOS, temperature / top-p, the per-sequence cache — against exact scores (the
 exactness harness, tests/exact.py, and the built-in language's forward–backward oracle,
-sedd.language.LanguageOracle) and from the command line on a trained tiny run."""
+sedd.data.language.LanguageOracle) and from the command line on a trained tiny run."""
 
 import json
 import math
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from exact import ExactModel, tv
-from sedd.graphs import Absorbing, get_graph
-from sedd.language import LanguageOracle, builtin_language
-from sedd.noise import Geometric, LogLinear
+from sedd.core.graphs import Absorbing, get_graph
+from sedd.data.language import LanguageOracle, builtin_language
+from sedd.core.noise import Geometric, LogLinear
 from sedd.sampling import sample, window_starts
-from sedd.shaping import shape_rows
+from sedd.sampling.shaping import shape_rows
 
 from conftest import script
 from test_exact import noise_floor, p0_cases

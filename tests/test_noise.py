@@ -1,11 +1,11 @@
-"""Noise schedules (SEDD.md §2): σ̄ and σ̇ of the log-linear and geometric schedules."""
+"""Noise schedules (docs/math.md §2): σ̄ and σ̇ of the log-linear and geometric schedules."""
 
 import math
 
 import pytest
 import torch
 
-from sedd.noise import Geometric, LogLinear, get_noise
+from sedd.core.noise import Geometric, LogLinear, get_noise
 
 
 @pytest.mark.parametrize("noise", [LogLinear(), LogLinear(0.0), LogLinear(0.05), Geometric(),

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from sedd.graphs import Absorbing, Uniform
-from sedd.inference import condition_from, load_for_inference
-from sedd.language import builtin_language
-from sedd.model import DDiT, ModelConfig
-from sedd.noise import Geometric, LogLinear
+from sedd.core.graphs import Absorbing, Uniform
+from sedd.loading import load_for_inference
+from sedd.sampling import condition_from
+from sedd.data.language import builtin_language
+from sedd.nn import DDiT, ModelConfig
+from sedd.core.noise import Geometric, LogLinear
 
 from conftest import script  # run_dir: a conftest fixture
 
@@ -83,7 +84,7 @@ def test_sampler_keeps_given_positions_and_never_outputs_the_mask(graph, predict
 def test_a_predictor_is_one_registry_entry():
     """A predictor added with one register() call drives sample() and the door's choices; here a
     'half-analytic' predictor (δσ half the interval's) whose step is the analytic kernel."""
-    from sedd.predictors import PREDICTORS, get_predictor, register
+    from sedd.sampling.predictors import PREDICTORS, get_predictor, register
     from sedd.sampling import sample
     g, noise = Absorbing(9), LogLinear()
     model = DDiT(ModelConfig(vocab_size=g.V, **TINY)).eval()
@@ -156,7 +157,7 @@ def test_cuda_graph_needs_cuda_and_the_fused_steps():
     from sedd.sampling import sample
     g = Absorbing(9)
     model = DDiT(ModelConfig(vocab_size=g.V, **TINY)).eval()
-    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA model"):
+    with pytest.raises(ValueError, match=r"cuda_graph=True \(--cuda-graph\) needs a CUDA model"):
         sample(model, g, LogLinear(), 2, 8, 4, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=True applies to the grid predictors"):
         sample(model, g, LogLinear(), 2, 8, 4, "first_hitting", cuda_graph=True)

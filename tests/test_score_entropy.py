@@ -1,4 +1,4 @@
-"""score_entropy (SEDD.md §3): the fused op against the plain-PyTorch reference and the
+"""score_entropy (docs/math.md §3): the fused op against the plain-PyTorch reference and the
 definition, its gradient, its registration (opcheck, torch.compile) and its input checks."""
 
 import math

@@ -1,4 +1,4 @@
-"""Forward process and reverse steps (SEDD.md §1, §6): distributions of the fused sampling kernels
+"""Forward process and reverse steps (docs/math.md §1, §6): distributions of the fused sampling kernels
 against exact probabilities, determinism, frozen positions, registration and input checks."""
 
 import math
@@ -40,7 +40,7 @@ def chi2_ok(counts, probs, z=6.0):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_sample_categorical_chi_square(device, dtype):
-    """10^6 draws from known weights (exponential race, SEDD.md §6) match their probabilities."""
+    """10^6 draws from known weights (exponential race, docs/math.md §6) match their probabilities."""
     w = torch.tensor([0.5, 1.0, 2.0, 0.0, 4.0, 0.25, 3.0, 1.5], dtype=dtype)
     g = torch.Generator(device=device).manual_seed(1)
     out = sk.sample_categorical(w.to(device).expand(10**6, 8), g)
@@ -222,7 +222,7 @@ def _position(graph, V, dtype, seed, special=True):
 @pytest.mark.parametrize("V", [7, 130])
 def test_step_distribution(device, graph, kind, V):
     """For one position repeated 2·10^5 times, the next-token frequencies of the fused step match
-    the exact probabilities of SEDD.md §6 computed by reference.step_weights in float64 from the
+    the exact probabilities of docs/math.md §6 computed by reference.step_weights in float64 from the
     dense matrix exponentials (V = 7: scalar path; V = 130: SIMD blocks + tail)."""
     ls, x = _position(graph, V, torch.float32, seed=V)
     delta = {"euler": 0.02 if graph == "absorb" else 0.9, "analytic": 0.05, "denoise": 0.3}[kind]
@@ -241,7 +241,7 @@ def test_step_distribution(device, graph, kind, V):
 
 
 def _closed_form_weights(ls, x, delta, graph, kind):
-    """The step's probabilities [V] in float64 from SEDD.md §6's closed forms (for V too large
+    """The step's probabilities [V] in float64 from docs/math.md §6's closed forms (for V too large
     for the dense matrix exponentials of reference.step_weights); ls [1, 1, V], x [1, 1]."""
     V = ls.shape[-1]
     s = ls.double().exp()[0, 0]

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from sedd.graphs import Absorbing, Uniform
-from sedd.language import builtin_language
-from sedd.losses import batch_loss, loss_fn
-from sedd.model import DDiT, ModelConfig
-from sedd.noise import Geometric, LogLinear
-from sedd.trainer import TrainConfig, Trainer
+from sedd.core.graphs import Absorbing, Uniform
+from sedd.data.language import builtin_language
+from sedd.core.losses import batch_loss, loss_fn
+from sedd.nn import DDiT, ModelConfig
+from sedd.core.noise import Geometric, LogLinear
+from sedd.config import TrainConfig
+from sedd.training import Trainer
 
 from conftest import ROOT, small_cfg
 
@@ -25,7 +26,7 @@ TINY = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.0)
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_training_step_lowers_the_loss(graph):
-    """SEDD.md §4 loss on a fixed batch and fixed noise levels falls under AdamW."""
+    """docs/math.md §4 loss on a fixed batch and fixed noise levels falls under AdamW."""
     lang = builtin_language()
     g = Absorbing(lang.n) if graph == "absorb" else Uniform(lang.n)
     noise = LogLinear() if graph == "absorb" else Geometric()
@@ -85,7 +86,7 @@ def test_fused_linear_loss_matches_the_unfused_model(graph):
 def test_bound_integrand_through_the_fused_projection():
     """The likelihood bound's integrand (score_entropy_sum) goes through the fused projection for
     a DDiT and equals the unfused network + loss with the same draws."""
-    from sedd.losses import score_entropy_sum
+    from sedd.core.losses import score_entropy_sum
     lang = builtin_language()
     g = Absorbing(lang.n)
     model = DDiT(ModelConfig(vocab_size=g.V, **TINY))

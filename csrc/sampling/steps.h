@@ -1,4 +1,4 @@
-// Reverse steps of SEDD.md §6 (Euler τ-leaping, analytic/Tweedie τ-leaping, the denoiser) and
+// Reverse steps of docs/math.md §6 (Euler τ-leaping, analytic/Tweedie τ-leaping, the denoiser) and
 // the exponential race of categorical sampling: the per-row math shared by the CPU and CUDA
 // kernels.
 //
@@ -17,7 +17,7 @@
 //     γ needs S before any weight: the row is read twice (the second read hits cache on the
 //     CPU; on the GPU it is one more read of the row).
 //
-// Sampling is an exponential race, y* = argmin_y E_y / w_y with E_y ~ Exp(1) i.i.d. (SEDD.md §6),
+// Sampling is an exponential race, y* = argmin_y E_y / w_y with E_y ~ Exp(1) i.i.d. (docs/math.md §6),
 // run with exponential jumps (Efraimidis & Spirakis's A-ExpJ for a reservoir of one, in the
 // clock form), so that a row needs O(log V) random numbers instead of one per entry; see "The
 // jump race" below. The common factor is left out of the non-special weights (the race runs on
@@ -229,7 +229,7 @@ SEDD_HOST_DEVICE double row_scale(double m) {
 namespace sedd {
 namespace steps {
 
-// Forward perturbation of one position (SEDD.md §1): with probability 1 − e^{−σ} the token is
+// Forward perturbation of one position (docs/math.md §1): with probability 1 − e^{−σ} the token is
 // replaced, by the mask (absorbing; the mask stays the mask) or by a uniform token of [0, V)
 // (uniform; it may equal x0). Bits: column 0 decides, columns 16 and 32 give 64 bits for the token.
 // The decision from the words of call 0 of the row (w0 decides, w1:w2 give the token) and the

@@ -1,4 +1,4 @@
-// Score entropy (SEDD.md §3): the per-row math shared by the CPU and the CUDA kernels.
+// Score entropy (docs/math.md §3): the per-row math shared by the CPU and the CUDA kernels.
 //
 // A row is one position (b, i): log-scores ℓ ∈ R^V, perturbed token x = x_t[b, i], clean token
 // x0 = x_0[b, i], noise level σ = sigma[b]. The kernels stream the row once to form the sums

@@ -1,184 +1,226 @@
-"""One source of training configuration: the presets, the TrainConfig fields (each with its help
-text), and the command line generated from them (`add_flags`, `from_args`).
+"""The run's configuration in one place: the presets (one table), the TrainConfig fields (each
+with its help text, range check and flag; a family's own options come from its module), the
+resolution of a run's config (`resolve_config`: preset ← checkpoint ← flags, None = not given)
+and the command line generated from the fields (`add_flags`, `from_args`).
 
-A field left None means "not given": `TrainConfig.from_preset` fills it from the preset (PRESETS,
-the only place presets live), then from the --init-from checkpoint (graph, noise, model shape,
-tokenizer, length), then from the graph's own rules (its default noise schedule)."""
+Imports: sedd.core, sedd.families, sedd.loading (the --init-from checkpoint's config)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+import warnings
+from dataclasses import MISSING, dataclass, fields, make_dataclass
 
-from .cli import nonneg_int, positive_float, positive_int, unit_interval
-from .graphs import graph_class
-from .model import ModelConfig
+from .core.options import (flag_name, nonneg_int, option, positive_float, positive_int,
+                           unit_interval)
+from .families import FAMILIES, get_family
+from .families.base import MODEL_FIELDS
+from .loading import read_config
+from .nn.layers import ModelConfig
 
-from .presets import MODEL_FIELDS, PRESETS, model_preset  # noqa: F401  (the presets' one home)
+# ---- the presets: model sizes and training schedules by name. micro runs in seconds (tests,
+# compare.py --level quick); tiny trains on 2 CPU cores in minutes on the built-in language;
+# small and medium are the paper's sizes and schedule.
+_PAPER = dict(steps=400_000, batch_size=512, seq_len=1024, lr=3e-4, warmup=2500, ema=0.9999,
+              eval_every=5000, save_every=10_000, sample_every=10_000, sample_steps=256,
+              data="openwebtext", tokenizer="gpt2")
+_BUILTIN = dict(data="builtin", tokenizer="gpt2")
+
+PRESETS = {
+    "micro": dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.0,
+                  steps=400, batch_size=16, seq_len=16, lr=3e-3, warmup=10, ema=0.9,
+                  eval_every=100, save_every=400, sample_every=400, sample_steps=16, **_BUILTIN),
+    "tiny": dict(hidden_size=128, n_blocks=4, n_heads=4, cond_dim=64, dropout=0.0,
+                 steps=2400, batch_size=32, seq_len=64, lr=2e-3, warmup=100, ema=0.99,
+                 eval_every=200, save_every=800, sample_every=800, sample_steps=64, **_BUILTIN),
+    "small": dict(hidden_size=768, n_blocks=12, n_heads=12, cond_dim=128, dropout=0.1, **_PAPER),
+    "medium": dict(hidden_size=1024, n_blocks=24, n_heads=16, cond_dim=128, dropout=0.1, **_PAPER),
+}
 
 
-def _f(help, default=None, check=None, flag=None, choices=None):
-    """A TrainConfig field with its command-line flag: `check` an argparse type, `flag` the flag
-    name when it is not --field-name (e.g. --no-report for a True default)."""
-    return field(default=default, metadata=dict(help=help, check=check, flag=flag, choices=choices))
+def model_preset(name: str) -> dict:
+    """The ModelConfig fields of a preset."""
+    return {k: PRESETS[name][k] for k in MODEL_FIELDS}
 
 
+# ---- the fields every family shares
 @dataclass
-class TrainConfig:
-    preset: str = _f("model and schedule sizes (default tiny)", "tiny", choices=sorted(PRESETS))
-    model: str = _f("sedd (default): a SEDD model (DDiT, score entropy); ar: the autoregressive "
-                    "baseline of the same size class (causal, next-token cross-entropy; sedd.ar)",
-                    "sedd", choices=["sedd", "ar"])
-    data: str | None = _f("builtin (default for tiny), a text file or folder, or a datasets name "
-                          "(openwebtext, wikitext2, wikitext103, ptb, lm1b, lambada, text8)")
-    tokenizer: str | None = _f("gpt2, gpt2:PATH.tiktoken, bpe[:N], char, or a path (ignored for "
-                               "builtin)")
-    graph: str = _f("forward process: absorb (default), uniform, or general:PATH (a [V, V] rate "
-                    "matrix Q saved with torch.save or as .npy; Q[y, x] = rate x -> y)", "absorb")
-    noise: str | None = _f("noise schedule (default: the graph's, loglinear for absorb)",
-                           choices=["loglinear", "geometric"])
-    steps: int | None = _f("total optimizer steps of the run (resume continues to it)",
-                           check=positive_int)
-    batch_size: int | None = _f("sequences per optimizer step and process (before --accum)",
-                                check=positive_int)
-    accum: int = _f("gradient accumulation micro-batches per step", 1, positive_int)
-    seq_len: int | None = _f("tokens per sequence", check=positive_int)
-    lr: float | None = _f("peak learning rate (AdamW, linear warm-up, then constant)",
-                          check=positive_float)
-    warmup: int | None = _f("warm-up steps", check=nonneg_int)
-    grad_clip: float = _f("gradient-norm clipping", 1.0, positive_float)
-    ema: float | None = _f("EMA decay of the weights used for eval and samples", check=unit_interval)
-    out: str = _f("output folder", "runs/sedd")
-    resume: bool = _f("continue from OUT/checkpoints/latest", False)
-    init_from: str | None = _f("fine-tune: start from this checkpoint's weights (any layout; EMA "
-                               "initialised from them)")
-    init_weights: str = _f("which weights of --init-from", "ema", choices=["ema", "raw"])
-    cache_dir: str | None = _f("token files and trained tokenizers (default $SEDD_CACHE or "
-                               "~/.cache/sedd)")
-    device: str | None = _f("cpu, cuda or cuda:N (default: cuda if available)")
-    seed: int = _f("seed of data order, noise levels, perturbations", 0, nonneg_int)
-    eval_every: int | None = _f("steps between held-out eval losses", check=positive_int)
-    eval_batches: int = _f("batches of the held-out loss", 4, positive_int)
-    save_every: int | None = _f("steps between checkpoints", check=positive_int)
-    sample_every: int | None = _f("steps between sample files", check=positive_int)
-    sample_steps: int | None = _f("sampler steps for periodic samples", check=positive_int)
-    log_every: int = _f("steps between metric rows (the loss is read from the device then)", 10,
-                        positive_int)
-    hidden_size: int | None = _f("override the preset's hidden size", check=positive_int)
-    n_blocks: int | None = _f("override the preset's number of blocks", check=positive_int)
-    n_heads: int | None = _f("override the preset's number of heads", check=positive_int)
-    cond_dim: int | None = _f("override the preset's width of the noise condition",
-                              check=positive_int)
-    dropout: float | None = _f("override the preset's dropout", check=unit_interval)
-    parametrisation: str = _f("score (default): the paper's sigma-conditioned network; clean: "
-                              "time-independent absorbing model, log p(y | x) turned into scores "
-                              "analytically (exact sampling cache)", "score",
-                              choices=["score", "clean"])
-    reference_loss: bool = _f("plain-PyTorch loss instead of the fused kernel", False)
-    fused_linear: bool = _f("materialise the [B, L, V] log-scores and apply the fused loss to "
-                            "them, instead of fusing the output projection into the loss "
-                            "(linear_score_entropy, the default)", True, flag="--no-fused-linear")
-    fsdp: bool = _f("FullyShardedDataParallel instead of DDP (GPUs, torchrun)", False)
-    compile: bool = _f("torch.compile the model (trunk + fused loss, fullgraph; the first steps "
-                       "pay the compilation)", False)
-    progress: bool = _f("no progress bar", True, flag="--no-progress")
-    final_report: bool = _f("skip the final samples and likelihood report", True, flag="--no-report")
+class _SharedConfig:
+    preset: str = option("model and schedule sizes (default tiny)", "tiny", choices=sorted(PRESETS))
+    family: str = option("the model family: " + "; ".join(f"{n}: {f.summary}" for n, f in
+                                                           sorted(FAMILIES.items()))
+                         + " (default sedd)", "sedd", choices=sorted(FAMILIES), flag="--model",
+                         aliases=("--family",))
+    data: str | None = option("builtin (default for tiny), a text file or folder, or a datasets "
+                              "name (openwebtext, wikitext2, wikitext103, ptb, lm1b, lambada, "
+                              "text8)")
+    tokenizer: str | None = option("gpt2, gpt2:PATH.tiktoken, bpe[:N], char, or a path (ignored "
+                                   "for builtin)")
+    steps: int | None = option("total optimizer steps of the run (resume continues to it)",
+                               check=positive_int)
+    batch_size: int | None = option("sequences per optimizer step and process (before --accum)",
+                                    check=positive_int)
+    accum: int = option("gradient accumulation micro-batches per step", 1, positive_int)
+    seq_len: int | None = option("tokens per sequence", check=positive_int)
+    lr: float | None = option("peak learning rate (AdamW, linear warm-up, then constant)",
+                              check=positive_float)
+    warmup: int | None = option("warm-up steps", check=nonneg_int)
+    grad_clip: float = option("gradient-norm clipping", 1.0, positive_float)
+    ema: float | None = option("EMA decay of the weights used for eval and samples",
+                               check=unit_interval)
+    out: str = option("output folder", "runs/sedd")
+    resume: bool = option("continue from OUT/checkpoints/latest", False)
+    init_from: str | None = option("fine-tune: start from this checkpoint's weights (any layout; "
+                                   "EMA initialised from them)")
+    init_weights: str = option("which weights of --init-from", "ema", choices=["ema", "raw"])
+    cache_dir: str | None = option("token files and trained tokenizers (default $SEDD_CACHE or "
+                                   "~/.cache/sedd)")
+    device: str | None = option("cpu, cuda or cuda:N (default: cuda if available)")
+    seed: int = option("seed of data order, noise levels, perturbations", 0, nonneg_int)
+    eval_every: int | None = option("steps between held-out eval losses", check=positive_int)
+    eval_batches: int = option("batches of the held-out loss", 4, positive_int)
+    save_every: int | None = option("steps between checkpoints", check=positive_int)
+    sample_every: int | None = option("steps between sample files", check=positive_int)
+    sample_steps: int | None = option("sampler steps for periodic samples", check=positive_int)
+    log_every: int = option("steps between metric rows (the loss is read from the device then)",
+                            10, positive_int)
+    hidden_size: int | None = option("override the preset's hidden size", check=positive_int)
+    n_blocks: int | None = option("override the preset's number of blocks", check=positive_int)
+    n_heads: int | None = option("override the preset's number of heads", check=positive_int)
+    cond_dim: int | None = option("override the preset's width of the noise condition",
+                                  check=positive_int)
+    dropout: float | None = option("override the preset's dropout", check=unit_interval)
+    fsdp: bool = option("FullyShardedDataParallel instead of DDP (GPUs, torchrun)", False)
+    compile: bool = option("torch.compile the model (trunk + fused loss, fullgraph; the first "
+                           "steps pay the compilation)", False)
+    progress: bool = option("no progress bar", True, flag="--no-progress")
+    final_report: bool = option("skip the final samples and likelihood report", True,
+                                flag="--no-report")
 
     # ---- building
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
-        """The preset's values, then the overrides that are not None, then what --init-from's
-        checkpoint fixes, then the graph's default noise; validated."""
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        values = {**PRESETS[preset], **given, "preset": preset}
-        if given.get("init_from"):
-            values.update(inherit_from_checkpoint(given["init_from"], given,
-                                                  check=not given.get("resume")))
-        if values.get("model") == "ar":
-            sedd_only = [k for k in ("graph", "noise", "parametrisation", "reference_loss")
-                         if k in given and given[k] != getattr(cls, k, None)]
-            if sedd_only:
-                raise ValueError(f"bad configuration: --model ar has no "
-                                 f"{', '.join('--' + k.replace('_', '-') for k in sedd_only)} "
-                                 f"(a SEDD model's settings)")
-        cfg = cls(**values)
-        if cfg.noise is None and cfg.model != "ar":
-            cfg.noise = cfg.graph_rules().default_noise
-        cfg.validate()
-        return cfg
+        """resolve_config(preset, **overrides)."""
+        return resolve_config(preset, **overrides)
 
-    def graph_rules(self):
-        """The Graph class of --graph (its rules are class attributes)."""
-        try:
-            return graph_class(self.graph)
-        except ValueError:
-            raise ValueError(f"bad configuration: --graph must be absorb, uniform or "
-                             f"general:PATH, got {self.graph!r}") from None
+    def family_class(self):
+        return get_family(self.family)
+
+    @property
+    def model(self) -> str:
+        """Deprecated name of `family`."""
+        warnings.warn("TrainConfig.model is deprecated: use TrainConfig.family",
+                      DeprecationWarning, stacklevel=2)
+        return self.family
 
     def validate(self):
         def need(cond, msg):
             if not cond:
                 raise ValueError(f"bad configuration: {msg}")
         for f in fields(self):
-            if f.metadata.get("check") is not None and getattr(self, f.name) is not None:
+            value = getattr(self, f.name)
+            if f.metadata.get("check") is not None and value is not None:
                 try:
-                    f.metadata["check"](flag_name(f))(str(getattr(self, f.name)))
+                    f.metadata["check"](flag_name(f))(str(value))
                 except argparse.ArgumentTypeError as e:
                     need(False, str(e))
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) is not None:
-                need(getattr(self, f.name) in choices,
-                     f"{flag_name(f)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        cls = self.graph_rules()
-        need(self.parametrisation == "score" or cls.supports_clean,
-             f"--parametrisation clean needs --graph absorb, got {self.graph!r}")
+            if choices and value is not None:
+                need(value in choices,
+                     f"{flag_name(f)} must be one of {', '.join(choices)}, got {value!r}")
+        self.family_class().configure(self)
         H, heads = self.hidden_size, self.n_heads
         need(H % heads == 0, f"--hidden-size {H} is not divisible by --n-heads {heads}")
         need((H // heads) % 2 == 0, f"the head width --hidden-size / --n-heads = {H // heads} "
                                     f"must be even (rotary positions)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The network of the run over `vocab_size` ids (SEDD: the graph's V; AR: n + 1, BOS)."""
+        """The network of the run over `vocab_size` ids (the family's)."""
         if self.init_from:      # the checkpoint's network (its window included), new dropout
-            from .hub import read_run_config
-            m = read_run_config(self.init_from).model.to_dict()
+            m = read_config(self.init_from).model.to_dict()
             return ModelConfig(**{**m, "dropout": self.dropout})
-        if self.model == "ar":
-            return ModelConfig(vocab_size=vocab_size, scale_by_sigma=False, max_length=self.seq_len,
-                               arch="ar", **{k: getattr(self, k) for k in MODEL_FIELDS})
-        return ModelConfig(vocab_size=vocab_size, scale_by_sigma=self.graph_rules().scale_by_sigma,
-                           max_length=self.seq_len, parametrisation=self.parametrisation,
-                           **{k: getattr(self, k) for k in MODEL_FIELDS})
+        return self.family_class().model_config(self, vocab_size)
 
     def vocab_size(self, n: int) -> int:
-        """Network ids over n real tokens: the graph's V (SEDD) or n + 1 with BOS (AR)."""
-        return n + 1 if self.model == "ar" else self.graph_rules().vocab_size(n)
+        """Network ids over n real tokens (the family's)."""
+        return self.family_class().vocab_size(self, n)
+
+
+def _family_fields():
+    """Every family's own options, as TrainConfig fields."""
+    out, seen = [], set()
+    for family in FAMILIES.values():
+        for name, f in family.options.items():
+            if name in seen:
+                raise ValueError(f"option {name!r} is declared by two families")
+            seen.add(name)
+            kind = type(f.default) if f.default is not MISSING and f.default is not None else str
+            out.append((name, kind | None, f))
+    return out
+
+
+TrainConfig = make_dataclass("TrainConfig", _family_fields(), bases=(_SharedConfig,))
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = ("The run's configuration: the shared fields and every family's options "
+                       "(sedd.families); built by resolve_config.")
+
+
+def resolve_config(preset: str = "tiny", **flags) -> TrainConfig:
+    """The run's config: the preset's values, then what the --init-from checkpoint fixes (graph,
+    noise, model shape, tokenizer, length), then the flags that are not None; the family's
+    defaults; validated. A flag that disagrees with the checkpoint is an error; a flag that
+    belongs to another family's options is an error."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if "model" in flags:
+        warnings.warn("the TrainConfig field `model` is now `family`", DeprecationWarning,
+                      stacklevel=3)
+        flags.setdefault("family", flags.pop("model"))
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(flags) - names)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+    given = {k: v for k, v in flags.items() if v is not None}
+    values = dict(PRESETS[preset])
+    fixed = {}
+    if given.get("init_from"):
+        fixed = inherit_from_checkpoint(given["init_from"], given, check=not given.get("resume"))
+    values.update(fixed)
+    values.update({k: v for k, v in given.items() if k not in fixed})
+    values["preset"] = preset
+    _refuse_other_families(values.get("family", "sedd"), given)
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def _refuse_other_families(name: str, given: dict):
+    family = get_family(name) if name in FAMILIES else None
+    own = family.options if family is not None else {}
+    for other in FAMILIES.values():
+        theirs = [k for k, f in other.options.items()
+                  if k not in own and k in given and given[k] != f.default]
+        if theirs and other is not family:
+            flags = ", ".join(flag_name(other.options[k]) for k in theirs)
+            raise ValueError(f"bad configuration: --model {name} has no {flags} (a "
+                             f"{other.title} model's settings)")
 
 
 # ---- the command line, generated from the fields
-def flag_name(f) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its help text, type and range; defaults None (= not
     given: the preset's)."""
     for f in fields(TrainConfig):
         name, meta = flag_name(f), f.metadata
+        names = (name, *meta.get("aliases", ()))
         default = f.default if f.default is not MISSING else None
         if isinstance(default, bool):      # store_true; --no-x (dest no_x) for those that default True
-            parser.add_argument(name, action="store_true", help=meta["help"])
+            parser.add_argument(*names, action="store_true", help=meta["help"])
             continue
         kind = meta["check"](name) if meta.get("check") else (float if "float" in str(f.type) else str)
         extra = {"choices": meta["choices"]} if meta.get("choices") else {}
         shown = f" (default {default})" if default is not None and "default" not in meta["help"] else ""
-        parser.add_argument(name, dest=f.name, type=kind, default=None,
+        parser.add_argument(*names, dest=f.name, type=kind, default=None,
                             help=meta["help"] + shown, **extra)
 
 
@@ -191,31 +233,29 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
             given[f.name] = (not f.default) if set_ else None
         else:
             given[f.name] = getattr(args, f.name)
-    return TrainConfig.from_preset(given.pop("preset") or "tiny", **given)
+    return resolve_config(given.pop("preset") or "tiny", **given)
 
 
 # ---- fine-tuning
-INHERITED = ("model", "graph", "noise", "hidden_size", "n_blocks", "n_heads", "cond_dim",
-             "parametrisation")
+SHAPE = ("family", "hidden_size", "n_blocks", "n_heads", "cond_dim")
 
 
 def inherit_from_checkpoint(path: str, given: dict, check: bool = True) -> dict:
-    """The TrainConfig fields a fine-tuning run takes from its --init-from checkpoint (graph,
-    noise, model shape, tokenizer, training length). A flag the user gave that disagrees is an
-    error (dropout and the length may be changed: the length up to the model's window)."""
-    from .hub import read_run_config
-    run = read_run_config(path)
+    """The TrainConfig fields a fine-tuning run takes from its --init-from checkpoint (family,
+    its options, model shape, tokenizer, training length). A flag the user gave that disagrees
+    is an error (dropout and the length may be changed: the length up to the model's window)."""
+    run = read_config(path)
     m = run.model
-    have = {"model": "ar" if m.arch == "ar" else "sedd", "hidden_size": m.hidden_size,
-            "n_blocks": m.n_blocks, "n_heads": m.n_heads, "cond_dim": m.cond_dim}
-    if m.arch != "ar":
-        have.update(graph=run.graph, noise=run.noise["name"], parametrisation=m.parametrisation)
+    family = get_family(m.family)
+    have = {k: getattr(m, k) for k in SHAPE}
+    have.update(family.inherited(run))
     if check:
-        for k in INHERITED:
+        for k in (*SHAPE, *family.inherited_options):
             if k in given and k in have and given[k] != have[k]:
-                raise ValueError(f"--{k.replace('_', '-')} {given[k]} disagrees with the "
-                                 f"checkpoint's {have[k]} (--init-from {path}); leave the flag "
-                                 f"out to take the checkpoint's")
+                flag = "--model" if k == "family" else "--" + k.replace("_", "-")
+                raise ValueError(f"{flag} {given[k]} disagrees with the checkpoint's {have[k]} "
+                                 f"(--init-from {path}); leave the flag out to take the "
+                                 f"checkpoint's")
     out = dict(have)
     out["dropout"] = given.get("dropout", m.dropout)
     out["seq_len"] = given.get("seq_len", run.seq_len or m.max_length)
@@ -231,21 +271,3 @@ def inherit_from_checkpoint(path: str, given: dict, check: bool = True) -> dict:
                              f"file or folder, or a datasets name) to fine-tune on")
         out["data"] = "builtin"
     return out
-
-
-def estimate_memory(cfg: TrainConfig, model_cfg: ModelConfig, device: str = "cpu") -> dict:
-    """A rough upper estimate of a run's memory in bytes, by part: weights with gradients, AdamW
-    state and the EMA copy (5 fp32 copies); activations kept for backward (about 20 values per
-    token, width and block: bf16 under CUDA autocast, fp32 on the CPU) and the [tokens, V]
-    log-score block (a chunk of rows when the projection is fused); the built-in corpus's
-    sequences (int64, generated once)."""
-    H, C, V, n = model_cfg.hidden_size, model_cfg.cond_dim, model_cfg.vocab_size, model_cfg.n_blocks
-    params = 2 * V * H + V + n * (12 * H * H + 6 * H * C + 13 * H) + 2 * H * C + 256 * C + C * C
-    tokens = cfg.batch_size * cfg.seq_len
-    act = 2 if str(device).startswith("cuda") else 4
-    parts = {"weights, gradients, optimizer, EMA": 20 * params,
-             "activations": act * 20 * tokens * H * n,
-             "log-scores": 4 * 3 * V * (min(tokens, 1024) if cfg.fused_linear else tokens)}
-    if cfg.data == "builtin":
-        parts["built-in corpus"] = 2 * 8 * 21_000 * cfg.seq_len
-    return parts
