@@ -15,7 +15,6 @@ from sedd.core.graphs import Absorbing, get_graph
 from sedd.data.language import LanguageOracle, builtin_language
 from sedd.core.noise import Geometric, LogLinear
 from sedd.sampling import sample, window_starts
-from sedd.sampling.shaping import shape_rows
 
 from conftest import script
 from test_exact import noise_floor, p0_cases
@@ -234,41 +233,6 @@ def test_stop_at_eos_cuts_after_the_first_end_and_stops_the_windows():
 
 
 # ------------------------------------------------------------------ temperature and top-p
-
-def test_shape_rows_math():
-    """Mass-preserving (logsumexp over y ≠ x unchanged), the current token's ℓ untouched,
-    −inf stays −inf, T = 1 / p = 1 is the identity, top-p keeps the smallest set reaching p
-    (including the token that crosses it), temperature is q ∝ p^{1/T}."""
-    g = torch.Generator().manual_seed(0)
-    rows = torch.randn(50, 30, generator=g, dtype=torch.float64) * 2
-    rows[:, 7] = -math.inf
-    cur = torch.randint(0, 30, (50,), generator=g)
-    rows.scatter_(1, cur[:, None], 0.0)
-
-    def others(r):
-        return r.scatter(1, cur[:, None], -math.inf)
-
-    same = shape_rows(rows.clone(), cur, 1.0, 1.0)
-    torch.testing.assert_close(same, rows, rtol=0, atol=1e-12)
-    for T, p in ((0.5, 1.0), (2.0, 1.0), (1.0, 0.6), (0.8, 0.3)):
-        out = shape_rows(rows.clone(), cur, T, p)
-        torch.testing.assert_close(torch.logsumexp(others(out), 1), torch.logsumexp(others(rows), 1))
-        assert (out.gather(1, cur[:, None]) == 0).all()
-        assert torch.isinf(out[:, 7][cur != 7]).all()
-        q = torch.softmax(others(rows) / T, 1)
-        kept = torch.isfinite(others(out))
-        for b in range(50):
-            order = torch.argsort(q[b], descending=True)
-            need = int((torch.cumsum(q[b][order], 0) < p).sum()) + 1   # the smallest set ≥ p
-            need = min(need, int((q[b] > 0).sum()))                      # (p = 1: the support)
-            assert set(order[:need].tolist()) == set(kept[b].nonzero().flatten().tolist())
-        want = torch.where(kept, q, 0.0)
-        torch.testing.assert_close(torch.softmax(others(out), 1), want / want.sum(1, keepdim=True))
-    # float32 rows, shaped in float64 chunks and written back
-    r32 = rows.float()
-    shape_rows(r32, cur, 0.5, 0.9)
-    assert r32.dtype == torch.float32 and torch.isfinite(r32.gather(1, cur[:, None])).all()
-
 
 def test_top_p_lowers_and_temperature_raises_the_sample_nll(capsys):
     """On the exact language scores (first-hitting, L = 16): top-p 0.9 and temperature 0.7

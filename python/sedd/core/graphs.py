@@ -5,8 +5,9 @@ graph, whose mask is V − 1).
 
 A graph owns its rules: everything the trainer, the sampler, the loaders and the evaluation ask of
 it is an attribute or a method of `Graph`, never a comparison of names. To add a graph: subclass
-`Graph`, set the class attributes, implement what its kernels cannot (see `General`), and add it
-to `GRAPHS` (README: "Adding a graph")."""
+`Graph`, set the class attributes and implement what its kernels cannot (see `General`); a
+subclass with a `name` registers itself in `GRAPHS` (then `--graph NAME` works at every door; see
+docs/extending.md, "Adding a graph")."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import sedd_kernels as sk
 from sedd_kernels import reference
 
 
+GRAPHS: dict[str, type["Graph"]] = {}     # name -> Graph class, filled by subclassing
+
+
 class Graph:
     name: str                    # the kernels' graph name; also what get_graph reads
     n: int                       # real tokens
@@ -30,6 +34,14 @@ class Graph:
                                  # reference twins of the steps (else dense general formulas)
     supports_clean = False       # the time-independent ("clean") parametrisation applies
     step_kinds = ("euler", "analytic", "denoise")   # the reverse-step kernels it has
+    from_file = False            # built from a file (general:PATH), not registered by name
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__ and not cls.from_file:
+            if cls.name in GRAPHS:
+                raise ValueError(f"graph {cls.name!r} is already registered")
+            GRAPHS[cls.name] = cls
 
     @staticmethod
     def vocab_size(n: int) -> int:
@@ -129,6 +141,7 @@ class General(Graph):
 
     name = "general"
     fused = False
+    from_file = True
 
     def __init__(self, Q, path: str | None = None):
         self.g = sk.GeneralGraph(Q)
@@ -168,9 +181,6 @@ class General(Graph):
         base = self.base.clamp_min(1e-300)
         kl = (P * (P.clamp_min(1e-300) / base[:, None]).log()).sum(0)
         return float(kl.max())
-
-
-GRAPHS = {"absorb": Absorbing, "uniform": Uniform}
 
 
 def graph_class(spec: str) -> type[Graph]:

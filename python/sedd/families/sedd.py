@@ -58,7 +58,7 @@ class SEDD(Family):
         try:
             return graph_class(spec)
         except ValueError:
-            raise ValueError(f"bad configuration: --graph must be absorb, uniform or "
+            raise ValueError(f"bad configuration: --graph must be {', '.join(GRAPHS)} or "
                              f"general:PATH, got {spec!r}") from None
 
     @classmethod
@@ -90,8 +90,8 @@ class SEDD(Family):
         try:
             gcls = graph_class(graph)
         except ValueError:
-            raise ConfigError(f"{source}: unknown graph type {graph!r}: expected absorb, uniform "
-                              f"or general:PATH") from None
+            raise ConfigError(f"{source}: unknown graph type {graph!r}: expected "
+                              f"{', '.join(GRAPHS)} or general:PATH") from None
         if "n" in cfg:
             n = int(cfg["n"])
         else:    # V = n (+ 1 for the absorbing mask)

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..core.graphs import GRAPHS, get_graph
+
+PAPER_GRAPHS = ("absorb", "uniform")   # the graph types of the paper's code
 from ..core.noise import NOISES, get_noise, noise_spec
 from ..core.options import ConfigError, number as _num
 from ..data.corpora import WordTokenizer, get_tokenizer, text_files
@@ -112,9 +114,9 @@ class RunConfig:
         if tokens < 2:
             raise ConfigError(f"{source}: tokens must be >= 2, got {tokens}")
         gtype = _section(cfg, "graph", source).get("type")
-        if gtype not in GRAPHS:
+        if gtype not in PAPER_GRAPHS:
             raise ConfigError(f"{source}: unknown graph type {gtype!r}: expected one of "
-                              f"{', '.join(GRAPHS)}")
+                              f"{', '.join(PAPER_GRAPHS)}")
         gcls = GRAPHS[gtype]
         nsec = dict(_section(cfg, "noise", source))
         ntype = nsec.pop("type", None)
@@ -223,7 +225,7 @@ class RunConfig:
         if not self.family.paper_layout:
             raise ConfigError(f"the paper's code has no {self.family.title} model; save it with "
                               f"layout='sedd-kernels'")
-        if self.graph not in GRAPHS:
+        if self.graph not in PAPER_GRAPHS:
             raise ConfigError(f"the paper's code has no graph {self.graph!r} (absorb or uniform)")
         if m.time_independent:
             raise ConfigError("the paper's code has no time-independent ('clean') model")

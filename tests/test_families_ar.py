@@ -181,14 +181,6 @@ def test_resume_refuses_a_sedd_checkpoint(tmp_path):
         Trainer(ar_cfg(tmp_path, steps=2, resume=True))
 
 
-def test_config_refuses_sedd_settings():
-    from sedd.config import TrainConfig
-    with pytest.raises(ValueError, match="--model ar has no --graph"):
-        TrainConfig.from_preset("tiny", family="ar", graph="uniform")
-    with pytest.raises(ValueError, match="--parametrisation"):
-        TrainConfig.from_preset("tiny", family="ar", parametrisation="clean")
-
-
 def test_accumulation_and_autocast_paths_run(tmp_path):
     """--accum 2 gives the loss of one batch of twice the size (same data order), bf16 autocast
     of the fused loss stays within bf16 tolerance of fp32."""

@@ -1,5 +1,6 @@
-"""Checkpoints: this project's (atomic, exact resume, SIGTERM, corrupt or partial folders, Hub
-folders) and the paper's layouts through every door (issue 11).
+"""sedd.loading: every checkpoint format through one load — this project's (corrupt or partial
+folders, Hub folders) and the paper's layouts through every door; export. (Resuming a training
+run: test_training.py.)
 
 The folders are written here from the layouts of the paper's code
 (louaaron/Score-Entropy-Discrete-Diffusion), with small random weights:
@@ -20,8 +21,7 @@ import torch
 from sedd.core.graphs import Absorbing, Uniform
 from sedd.loading.checkpoints import load_checkpoint
 from sedd.loading import (CheckpointError, from_pretrained, load, read_config,
-                      save_pretrained)
-from sedd.loading import load
+                          save_pretrained)
 from sedd.config import model_preset
 from sedd.nn import DDiT, ModelConfig
 from sedd.core.noise import Geometric, LogLinear
@@ -482,21 +482,6 @@ def test_save_and_load_pretrained_round_trip(run_dir, tmp_path):
     assert cfg2["model"] == model.config.to_dict()
 
 
-def test_resume_is_bitwise_exact(tmp_path):
-    """N steps straight and N/2 + resume + N/2 give bitwise-identical weights on CPU."""
-    from safetensors.torch import load_file
-    Trainer(small_cfg(tmp_path / "straight", steps=6)).fit()
-    Trainer(small_cfg(tmp_path / "split", steps=3)).fit()
-    Trainer(small_cfg(tmp_path / "split", steps=6, resume=True)).fit()
-    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "model.safetensors"))
-    b = load_file(str(tmp_path / "split" / "checkpoints" / "step-00000006" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    e1 = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "ema.safetensors"))
-    e2 = load_file(str(tmp_path / "split" / "checkpoints" / "step-00000006" / "ema.safetensors"))
-    assert all(torch.equal(e1[k], e2[k]) for k in e1)
-
-
 def paper_small_layout(V=50258, H=768, N=12, C=128):
     """Names and shapes of the paper's released SEDD-small state dict."""
     spec = {"vocab_embed.embedding": (V, H), "sigma_map.mlp.0.weight": (C, 256),
@@ -523,36 +508,6 @@ def test_paper_checkpoint_layout_loads_strictly():
     assert 85e6 < model.num_parameters() < 95e6
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
-    """SIGTERM stops the run after the current step with a checkpoint; --resume continues."""
-    import signal
-    import time
-    out = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "python", "train.py"), "--steps", "100000",
-           "--batch-size", "4", "--seq-len", "16", "--hidden-size", "32", "--n-blocks", "2",
-           "--n-heads", "2", "--device", "cpu", "--out", str(out), "--no-progress", "--no-report",
-           "--eval-every", "100000", "--save-every", "100000", "--sample-every", "100000",
-           "--log-every", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    log, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, log
-    assert "stopped at step" in log
-    name = (out / "checkpoints" / "latest").read_text().strip()
-    step = int(name.split("-")[1])
-    assert step >= 3
-    cfg = small_cfg(out, steps=step + 2, batch_size=4, resume=True)
-    t = Trainer(cfg)
-    assert t.step == step
-    t.fit()
-    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
-
-
 def test_corrupt_or_missing_checkpoints(tmp_path):
     Trainer(small_cfg(tmp_path / "run", steps=2)).fit()
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
@@ -565,22 +520,3 @@ def test_corrupt_or_missing_checkpoints(tmp_path):
         Trainer(small_cfg(tmp_path / "empty", resume=True))
     # a failed resume never touched the last good pointer
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
-
-
-def test_resume_rejects_a_different_parametrisation(tmp_path):
-    """Weights of a σ-conditioned model have the shapes of a time-independent one: resuming with
-    the other --parametrisation must fail clearly, not load silently."""
-    Trainer(small_cfg(tmp_path / "run", steps=1)).fit()
-    with pytest.raises(ValueError, match="parametrisation = 'score', this run has 'clean'"):
-        Trainer(small_cfg(tmp_path / "run", steps=2, resume=True, parametrisation="clean"))
-
-
-def test_rng_state_round_trip():
-    """The training checkpoint's random state (CPU here; CUDA generators in tests/test_cuda.py)
-    brings the draws back: exact resume of dropout and noise levels."""
-    from sedd.training.checkpoints import restore_rng, rng_state
-    saved = rng_state()
-    a = torch.rand(5)
-    torch.rand(9)
-    restore_rng(saved)
-    assert torch.equal(torch.rand(5), a)

@@ -136,19 +136,3 @@ def test_bad_rate_matrices():
     Q[1, 1] += 0.3
     with pytest.raises(ValueError, match="sum to 0"):
         sk.GeneralGraph(Q)
-
-
-def test_general_sample_limit_is_reproducible_from_its_generator(device):
-    """The base draw of a general graph follows the generator on every device (on CUDA it
-    used to fall back to the default generator, so a seeded sampler was not reproducible)."""
-    from sedd.core.graphs import General
-    V = 6
-    Q = torch.rand(V, V, dtype=torch.float64) + 0.1
-    Q -= torch.diag(Q.sum(0))
-    g = General(Q)
-    draw = [g.sample_limit(64, 32, device=device,
-                           generator=torch.Generator(device=device).manual_seed(s)) for s in (3, 3, 4)]
-    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
-    if device.type == "cuda":
-        with pytest.raises(ValueError, match="generator: a cpu generator cannot drive"):
-            g.sample_limit(4, 4, device=device, generator=torch.Generator().manual_seed(0))

@@ -81,36 +81,6 @@ def test_sampler_keeps_given_positions_and_never_outputs_the_mask(graph, predict
     assert ((a >= 0) & (a < lang.n)).all()          # in particular never the mask id
 
 
-def test_a_predictor_is_one_registry_entry():
-    """A predictor added with one register() call drives sample() and the door's choices; here a
-    'half-analytic' predictor (δσ half the interval's) whose step is the analytic kernel."""
-    from sedd.sampling.predictors import PREDICTORS, get_predictor, register
-    from sedd.sampling import sample
-    g, noise = Absorbing(9), LogLinear()
-    model = DDiT(ModelConfig(vocab_size=g.V, **TINY)).eval()
-    try:
-        register("half-analytic", lambda noise, t, t_next, dt:
-                 0.5 * float(noise.total(t) - noise.total(t_next)),
-                 step=lambda graph, ls, x, d, gen, frozen, ref=False:
-                 graph.step("analytic", ls, x, d, gen, frozen, use_reference=ref))
-        x = sample(model, g, noise, 3, 8, 4, "half-analytic",
-                   generator=torch.Generator().manual_seed(0))
-        assert x.shape == (3, 8) and int(x.max()) < g.n
-        from importlib import util
-        import os
-        from conftest import ROOT
-        spec = util.spec_from_file_location("door_sample", os.path.join(ROOT, "python", "sample.py"))
-        mod = util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        assert "half-analytic" in mod.parser()._option_string_actions["--predictor"].choices
-    finally:
-        PREDICTORS.pop("half-analytic", None)
-    with pytest.raises(ValueError, match="predictor must be one of 'analytic', 'euler'"):
-        get_predictor("half-analytic")
-    with pytest.raises(ValueError, match="already registered"):
-        register("euler", lambda *a: 0.0)
-
-
 class _ForwardOnly(torch.nn.Module):
     """A DDiT seen through forward() alone: the sampler must materialise its log-scores."""
 
