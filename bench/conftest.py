@@ -6,7 +6,7 @@ import harness
 
 def pytest_addoption(parser):
     parser.addoption("--bench-full", action="store_true", default=False,
-                     help="sedd-kernels benchmarks: the full CPU matrix (the README's CPU tables; "
+                     help="sedd-kernels benchmarks: the full CPU matrix (bench/README.md's CPU tables; "
                           "an hour or more on 2 cores) instead of the quick default (<= 10 min); "
                           "same as SEDD_BENCH_FULL=1. CUDA devices always run the GPU set.")
 

@@ -1,13 +1,13 @@
 """The one harness every benchmark file uses (thin files on top, as in Liger-Kernel's
 benchmark/scripts/utils.py): devices and the size level of a run, timing with pytest-benchmark,
 a same-size copy baseline timed in the same run, peak memory, torch.compile'd references, and
-one summary table per suite printed at the end of the session (markdown, ready for the README)
+one summary table per suite printed at the end of the session (markdown, ready for bench/README.md)
 and written to $SEDD_BENCH_JSON when set.
 
 Size levels — each suite picks its shapes and cases by `level(device)`:
 - "quick": CPU, the default — the whole of `pytest bench/ --benchmark-only` in ≤ 10 minutes on
   2 cores (smaller B·L, fp32, fewer rounds; the same ops and baselines).
-- "full":  CPU with `--bench-full` (or SEDD_BENCH_FULL=1) — the matrix the README's CPU tables
+- "full":  CPU with `--bench-full` (or SEDD_BENCH_FULL=1) — the matrix bench/README.md's CPU tables
   come from (an hour or more on 2 cores).
 - "gpu":   CUDA devices — the paper's shapes ([8, 1024, 50258] and up); what device_check.sh runs.
 """

@@ -17,7 +17,7 @@ What is run (`run_comparison`):
    length), AR ancestral sampling (L evaluations). Built-in language: the exact NLL of the samples
    under the true language (of the samples it can produce at all), the fraction it can produce
    (valid), and the unigram entropy (degenerate repetition shows as a low one). Other data: the
-   generative perplexity under a causal LM (sedd.genppl) instead.
+   generative perplexity under a causal LM (sedd.evaluation.genppl) instead.
 4. Infilling: random blanks (a fixed fraction of positions) in held-out sequences, filled by each
    SEDD model (the AR model cannot condition on the right context); on the built-in language the
    exact conditional NLL of the fills given the context, −[log p(x) − log p(x_context)] per

@@ -9,7 +9,7 @@ of samples.
 Likelihood bound: per block, ∫₀¹ E[σ̇(t)·Σ_i SE_i] dt over all of [0, 1] (no ε_t cut) plus the
 prior term, printed on its own line (for the absorbing graph with the log-linear schedule's ε > 0:
 ε·log n nats per token against the leaky base). The integral is estimated with K noise levels per
-block, one in each of K strata, drawn by sedd.losses.NoiseLevelSampler (a change of variable that
+block, one in each of K strata, drawn by sedd.core.losses.NoiseLevelSampler (a change of variable that
 keeps the estimator's variance finite as σ → 0; unbiased) with a per-block standard error; the
 corpus figure is Σ bound / Σ tokens with the standard error of the mean over blocks, and the
 perplexity bound is its exponential. On the built-in corpus the exact NLL of the same blocks and

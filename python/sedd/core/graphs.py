@@ -28,7 +28,7 @@ class Graph:
     name: str                    # the kernels' graph name; also what get_graph reads
     n: int                       # real tokens
     V: int                       # states the network sees
-    default_noise = "geometric"  # the schedule a run uses unless told (sedd.noise.get_noise)
+    default_noise = "geometric"  # the schedule a run uses unless told (sedd.core.noise.get_noise)
     scale_by_sigma = False       # the DDiT's output offset −log(e^σ − 1) − log(V − 1) (docs/math.md §5)
     fused = True                 # closed forms in the kernels: fused loss, fused projection,
                                  # reference twins of the steps (else dense general formulas)
@@ -83,7 +83,7 @@ class Graph:
 
     def movable(self, x):
         """The positions [B, L] (bool) that a reverse step can change (what temperature / top-p
-        shape, sedd.shaping): every position, unless the graph says otherwise."""
+        shape, sedd.sampling.shaping): every position, unless the graph says otherwise."""
         return torch.ones_like(x, dtype=torch.bool)
 
     def prior_kl(self, sigma_max: float, eps: float = 0.0) -> float:

@@ -89,7 +89,7 @@ class WordTokenizer(Tokenizer):
 
 
 class TiktokenGPT2(Tokenizer):
-    """GPT-2's byte-level BPE from a local tiktoken ranks file (e.g. ../shared/data/gpt2.tiktoken)."""
+    """GPT-2's byte-level BPE from a local tiktoken ranks file (e.g. a copy of gpt2.tiktoken)."""
 
     PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -176,8 +176,8 @@ def train_bpe(files: list[str], vocab_size: int, out_path: str) -> str:
 
 
 def get_tokenizer(spec, files: list[str] | None = None, cache_dir: str | None = None):
-    """'gpt2' (transformers, else a local tiktoken file given as gpt2:PATH or found at
-    ../shared/data/gpt2.tiktoken), 'bpe[:N]' (trained on the files, kept in the cache folder),
+    """'gpt2' (transformers, else a local tiktoken ranks file: gpt2:PATH, or $SEDD_GPT2_RANKS
+    when transformers cannot load 'gpt2'), 'bpe[:N]' (trained on the files, kept in the cache folder),
     'char', or a path (a .tiktoken ranks file, a tokenizers .json, a transformers folder). A
     Tokenizer object is returned as it is."""
     if isinstance(spec, Tokenizer):
@@ -188,14 +188,14 @@ def get_tokenizer(spec, files: list[str] | None = None, cache_dir: str | None = 
             try:
                 return HFTokenizer("gpt2")
             except Exception:  # no network / not cached: fall back to a local ranks file
-                here = os.path.dirname(os.path.abspath(__file__))
-                path = os.path.join(here, "..", "..", "..", "shared", "data", "gpt2.tiktoken")
+                path = os.environ.get("SEDD_GPT2_RANKS", "")
         if not os.path.isfile(path):
             if ":" in spec:
                 raise FileNotFoundError(f"--tokenizer {spec}: no tiktoken ranks file at {path}")
             raise FileNotFoundError("GPT-2 tokenizer: transformers cannot load 'gpt2' (offline "
                                     "and not cached?); pass --tokenizer gpt2:PATH.tiktoken "
-                                    "(GPT-2's BPE ranks) to work offline")
+                                    "(GPT-2's BPE ranks) or set $SEDD_GPT2_RANKS to work "
+                                    "offline")
         return _tiktoken(path, spec)
     if spec.startswith("bpe"):
         try:

@@ -18,7 +18,7 @@ distribution of its tokens, averaged over samples (as in the MDLM/ReMDM/DUO eval
 same of all samples' tokens pooled.
 
 For the built-in corpus the true language is known, and its exact log-likelihood of a sample's
-tokens (sedd.language.Language.log_likelihood) replaces the causal model: no model's opinion is
+tokens (sedd.data.language.Language.log_likelihood) replaces the causal model: no model's opinion is
 needed, and a sample with an impossible transition has probability 0."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ one batch are spread evenly over each stratum (likelihood_bound's batch_low_disc
 
 Data without named splits — local text and OpenWebText, which has only a train split — is
 evaluated on the held-out tail that training set aside (sedd.data.load_corpus), under both
-protocols. The built-in language (sedd.language) has no documents and no BOS/EOS tokens; it is a
+protocols. The built-in language (sedd.data.language) has no documents and no BOS/EOS tokens; it is a
 stationary chain. Under ``sedd`` its held-out sequences are the blocks; under ``mdlm`` one long
 held-out stream is cut into consecutive blocks (MDLM's wrapping without the special tokens the
 vocabulary lacks). Because the chain starts in its stationary distribution, every block of the
