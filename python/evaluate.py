@@ -100,8 +100,8 @@ def bound_main(args, p):
     print(f"protocol: {args.protocol} — {ev.source}")
     ppl = math.exp(rep.per_token)
     if rep.exact:
-        print(f"blocks: {rep.blocks} of {rep.length} tokens; autoregressive model: its exact NLL "
-              f"(BOS in front of every block, all {rep.length} tokens predicted)")
+        print(f"blocks: {rep.blocks} of {rep.length} tokens; {r.family.title} model: "
+              f"{r.family.likelihood_note}")
         print(f"NLL: {rep.per_token:.4f} ± {rep.stderr:.4f} nats/token")
         print(f"perplexity: {ppl:.3f} ± {ppl * rep.stderr:.3f}")
     else:

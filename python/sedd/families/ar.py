@@ -36,6 +36,7 @@ class AR(Family):
     no_condition = ("an autoregressive model generates left to right and cannot condition on text "
                     "after the blanks; use --prefix, or a SEDD checkpoint to infill")
     exact_likelihood = True
+    likelihood_note = "its exact NLL (BOS in front of every block, all its tokens predicted)"
 
     @classmethod
     def vocab_size(cls, cfg, n):

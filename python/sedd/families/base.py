@@ -43,6 +43,7 @@ class Family:
     no_condition: ClassVar[str] = ""        # why a condition it lacks cannot be honoured
     sample_options: ClassVar[tuple[str, ...]] = ()      # sampling settings generate() reads
     exact_likelihood: ClassVar[bool] = False  # nll() is the exact NLL (else an upper bound)
+    likelihood_note: ClassVar[str] = "its exact NLL"   # how evaluate.py describes an exact figure
     paper_layout: ClassVar[bool] = False    # can be written in the paper's checkpoint layout
 
     # ---- config and network
