@@ -183,3 +183,32 @@ def test_the_math_is_cited_in_the_repository():
             assert n in sections, f"{path} cites docs/math.md §{n}, which does not exist"
             cited += 1
     assert cited >= 50
+
+
+def test_old_module_paths_and_names_warn_and_still_work(tmp_path):
+    """For one release the module paths before the sub-packages, and the old loader names, still
+    import and work, with a DeprecationWarning."""
+    import importlib
+    import sys
+    for old, name in [("sedd.model", "DDiT"), ("sedd.hub", "save_pretrained"),
+                      ("sedd.trainer", "Trainer"), ("sedd.graphs", "Absorbing"),
+                      ("sedd.inference", "condition_from"), ("sedd.runconfig", "RunConfig"),
+                      ("sedd.predictors", "register")]:
+        sys.modules.pop(old, None)                 # a fresh import warns
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated"):
+            module = importlib.import_module(old)
+        assert callable(getattr(module, name))
+    from sedd.sampling import sample               # a package now, at the same path
+    assert callable(sample)
+    from sedd.model import PRESETS
+    assert PRESETS["tiny"]["hidden_size"] == 128 and "steps" not in PRESETS["tiny"]
+    from sedd.config import TrainConfig
+    from sedd.training import Trainer
+    Trainer(TrainConfig.from_preset("micro", steps=1, out=str(tmp_path), progress=False,
+                                    final_report=False, device="cpu")).fit()
+    import sedd.loading as L
+    with pytest.warns(DeprecationWarning, match="load_pretrained is deprecated"):
+        p = L.load_pretrained(str(tmp_path))
+    with pytest.warns(DeprecationWarning, match="read_run_config is deprecated"):
+        assert L.read_run_config(str(tmp_path)).model == p.model.config
+

@@ -16,7 +16,7 @@ import comparison as C
 from sedd.data.language import builtin_language
 
 from conftest import script
-from test_genppl import tiny_lm  # noqa: F401  (the fixture)
+from test_evaluation_genppl import tiny_lm  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 
 from sedd.core.graphs import Absorbing, Uniform
 from sedd.loading.checkpoints import load_checkpoint
-from sedd.loading import (CheckpointError, from_pretrained, load, read_config,
+from sedd.loading import (CheckpointError, load, read_config,
                           save_pretrained)
 from sedd.config import model_preset
 from sedd.nn import DDiT, ModelConfig
@@ -474,9 +474,11 @@ def test_a_hub_folder_without_weights_is_named(tmp_path):
 
 
 def test_save_and_load_pretrained_round_trip(run_dir, tmp_path):
-    model, cfg = from_pretrained(str(run_dir))
+    r = load(str(run_dir), tokenizer=False)
+    model, cfg = r.model, r.run.to_dict()
     save_pretrained(str(tmp_path / "hub"), model, {"graph": cfg["graph"], "n": cfg["n"]})
-    again, cfg2 = from_pretrained(str(tmp_path / "hub"))
+    r2 = load(str(tmp_path / "hub"), tokenizer=False)
+    again, cfg2 = r2.model, r2.run.to_dict()
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert cfg2["model"] == model.config.to_dict()

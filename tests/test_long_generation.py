@@ -293,7 +293,7 @@ def test_per_sequence_cache_runs_only_the_changed_sequences():
     """Batch 8, 256 analytic steps: the cached sampler makes the same samples (bit-identical
     here, CPU) with far fewer sequence evaluations than the all-or-nothing rule would (B per
     call that changes any sequence); first-hitting: ≤ L calls, finished sequences skipped."""
-    from test_cache import tiny_model
+    from test_sampling_cache import tiny_model
     model, graph, noise = tiny_model(seed=2), Absorbing(40), LogLinear()
     B, L = 8, 16
     runs = {c: sample(model, graph, noise, B, L, 256, cache=c, return_stats=True,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sedd.core.graphs import Absorbing, Uniform
-from sedd.loading import load_for_inference
+from sedd.loading import load
 from sedd.sampling import condition_from
 from sedd.data.language import builtin_language
 from sedd.nn import DDiT, ModelConfig
@@ -24,7 +24,8 @@ def test_sample_cli_with_prefix_and_suffix(run_dir, tmp_path):
                "--prefix", "the", "--suffix", ".", "--out", str(out), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    model, graph, noise, tok, cfg = load_for_inference(str(run_dir))
+    r = load(str(run_dir))
+    model, graph, noise, tok = r.model, r.graph, r.noise, r.tokenizer
     assert len(rows) == 3
     for row in rows:
         assert len(row["tokens"]) == 24
@@ -33,7 +34,7 @@ def test_sample_cli_with_prefix_and_suffix(run_dir, tmp_path):
 
 
 def test_infill_template(run_dir):
-    *_, tok, _ = load_for_inference(str(run_dir))
+    tok = load(str(run_dir)).tokenizer
     tokens, given, L = condition_from(tok, 0, infill="the [____:3] shonger [__] .")
     assert L == 1 + 3 + 1 + 2 + 1
     assert given[0].tolist() == [True, False, False, False, True, False, False, True]

@@ -14,8 +14,7 @@ import torch
 
 import sedd_kernels as sk
 from sedd.core.graphs import Absorbing, Uniform
-from sedd.loading import from_pretrained, save_pretrained
-from sedd.loading import load_for_inference
+from sedd.loading import load, save_pretrained
 from sedd.core.losses import loss_fn
 from sedd.nn import DDiT, ModelConfig
 from sedd.core.noise import Geometric, LogLinear
@@ -146,7 +145,8 @@ def test_configuration_errors():
 def test_hub_round_trip_keeps_the_parametrisation(tmp_path):
     model = tiny_model()
     save_pretrained(str(tmp_path / "m"), model, {"graph": "absorb", "n": N})
-    again, cfg = from_pretrained(str(tmp_path / "m"))
+    r = load(str(tmp_path / "m"), tokenizer=False)
+    again, cfg = r.model, r.run.to_dict()
     assert again.config.parametrisation == "clean" and cfg["model"]["parametrisation"] == "clean"
     x, sigma = masked_batch(), torch.full((3,), 0.5)
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_hub_round_trip_keeps_the_parametrisation(tmp_path):
     old = json.load(open(tmp_path / "m" / "config.json"))
     del old["model"]["parametrisation"]
     json.dump(old, open(tmp_path / "m" / "config.json", "w"))
-    assert from_pretrained(str(tmp_path / "m"))[0].config.parametrisation == "score"
+    assert load(str(tmp_path / "m"), tokenizer=False).model.config.parametrisation == "score"
 
 
 # ------------------------------------------------------------------ the exact cache
@@ -245,7 +245,8 @@ def test_clean_model_trains_with_the_trainer(clean_run):
 
 def test_clean_checkpoint_loads_for_inference_and_samples_with_the_cache(clean_run, tmp_path):
     out, trainer, _, _ = clean_run
-    model, graph, noise, tok, cfg = load_for_inference(str(out))
+    r = load(str(out))
+    model, graph, noise, tok, cfg = r.model, r.graph, r.noise, r.tokenizer, r.run.to_dict()
     assert model.config.parametrisation == "clean" and cfg["train"]["parametrisation"] == "clean"
     ema = trainer.ema_model.state_dict()
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())

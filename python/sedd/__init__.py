@@ -13,6 +13,8 @@
 
 The names below are the Python API; docs/ is the manual."""
 
+import warnings
+
 from .core.graphs import Absorbing, Uniform, get_graph
 from .core.noise import Geometric, LogLinear, get_noise
 from .families import FAMILIES, build_model, family_of, get_family
@@ -21,6 +23,16 @@ from .nn.layers import ModelConfig
 from .sampling import sample
 
 from . import _moved  # noqa: F401,E402  (old module paths, deprecated)
+
+
+
+def __getattr__(name):
+    if name == "PRESETS":        # the model presets, exported here before the config module
+        warnings.warn("sedd.PRESETS is deprecated: use sedd.config.PRESETS (model_preset(name) "
+                      "for a preset's ModelConfig fields)", DeprecationWarning, stacklevel=2)
+        return _moved.model_presets()
+    raise AttributeError(f"module 'sedd' has no attribute {name!r}")
+
 
 __all__ = ["Absorbing", "Uniform", "get_graph", "Geometric", "LogLinear", "get_noise",
            "FAMILIES", "build_model", "family_of", "get_family", "DDiT", "ModelConfig",

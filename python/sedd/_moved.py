@@ -35,8 +35,20 @@ MOVED = {
 }
 
 
+def model_presets() -> dict:
+    """sedd.model.PRESETS / sedd.PRESETS as they were: each preset's ModelConfig fields."""
+    from .config import PRESETS, model_preset
+    return {name: model_preset(name) for name in PRESETS}
+
+
+# names that did not move as they were
+COMPUTED = {("sedd.model", "PRESETS"): model_presets}
+
+
 class _Moved(types.ModuleType):
     def __getattr__(self, name):
+        if (self.__name__, name) in COMPUTED:
+            return COMPUTED[self.__name__, name]()
         for target in self.__targets__:
             module = importlib.import_module(target)
             if hasattr(module, name):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import sedd_kernels as sk
 
-from .layers import BlockLayers, EmbeddingLayer, LayerNorm, ModelConfig, Rotary
+from .layers import BlockLayers, EmbeddingLayer, LayerNorm, ModelConfig, Rotary, check_shape
 
 
 class KVCache:
@@ -63,11 +63,7 @@ class ARModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.hidden_size % config.n_heads:
-            raise ValueError(f"hidden_size {config.hidden_size} is not divisible by n_heads "
-                             f"{config.n_heads}")
-        if config.vocab_size < 3:
-            raise ValueError(f"vocab_size (n tokens + BOS) must be >= 3, got {config.vocab_size}")
+        check_shape(config, min_vocab=3, vocab_what="vocab_size (n tokens + BOS)")
         self.config = config
         H = config.hidden_size
         self.vocab_embed = EmbeddingLayer(H, config.vocab_size)

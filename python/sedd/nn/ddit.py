@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import sedd_kernels as sk
 
 from .layers import (BlockLayers, EmbeddingLayer, LayerNorm, ModelConfig, Rotary,
-                     TimestepEmbedder, modulate)
+                     TimestepEmbedder, check_shape, modulate)
 
 
 class DDiTBlock(BlockLayers):
@@ -64,11 +64,7 @@ class DDiT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.hidden_size % config.n_heads:
-            raise ValueError(f"hidden_size {config.hidden_size} is not divisible by n_heads "
-                             f"{config.n_heads}")
-        if config.vocab_size < 2:
-            raise ValueError(f"vocab_size must be >= 2, got {config.vocab_size}")
+        check_shape(config, min_vocab=2)
         self.config = config
         H = config.hidden_size
         self.vocab_embed = EmbeddingLayer(H, config.vocab_size)

@@ -56,6 +56,15 @@ class ModelConfig:
         return asdict(self)
 
 
+def check_shape(config: ModelConfig, min_vocab: int, vocab_what: str = "vocab_size"):
+    """What every network of these layers needs: whole heads and enough ids."""
+    if config.hidden_size % config.n_heads:
+        raise ValueError(f"hidden_size {config.hidden_size} is not divisible by n_heads "
+                         f"{config.n_heads}")
+    if config.vocab_size < min_vocab:
+        raise ValueError(f"{vocab_what} must be >= {min_vocab}, got {config.vocab_size}")
+
+
 PARAMETRISATIONS = ("score", "clean")
 OLD_ARCH = {"ddit": "sedd"}     # ModelConfig.arch of older checkpoints -> family
 
