@@ -202,6 +202,10 @@ def test_old_module_paths_and_names_warn_and_still_work(tmp_path):
     assert callable(sample)
     from sedd.model import PRESETS
     assert PRESETS["tiny"]["hidden_size"] == 128 and "steps" not in PRESETS["tiny"]
+    from sedd.nn import ModelConfig             # checkpoints before the seam say model.arch
+    assert ModelConfig(vocab_size=10, arch="ddit").family == "sedd"
+    assert ModelConfig(vocab_size=10, arch="ar", scale_by_sigma=False).family == "ar"
+    assert "arch" not in ModelConfig(vocab_size=10, arch="ar").to_dict()
     from sedd.config import TrainConfig
     from sedd.training import Trainer
     Trainer(TrainConfig.from_preset("micro", steps=1, out=str(tmp_path), progress=False,

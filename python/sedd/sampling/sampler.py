@@ -144,8 +144,9 @@ class Settings:
         self.window = length if W is None or W >= length else int(W)
         self.stride = max(1, self.window // 2) if self.stride is None else int(self.stride)
         if not 1 <= self.stride <= self.window:
-            raise ValueError(f"stride must be in [1, window = {self.window}], got {self.stride} "
-                             f"(--stride is longer than the window)")
+            raise ValueError(f"stride must be in [1, window = {self.window}], got {self.stride}"
+                             + (" (--stride is longer than the window)"
+                                if self.stride > self.window else ""))
 
     def _check_capture(self, model, graph):
         if not self.pred.capturable:
