@@ -192,6 +192,19 @@ def record_throughput(benchmark, *, suite, device, case, impl, tokens, seconds, 
                      **info))
 
 
+def record_generation(benchmark, *, suite, device, case, impl, tokens, seconds, calls_per_token,
+                      positions_per_token):
+    """A generation method: tokens/s, network calls per generated token (per sequence) and the
+    token positions those calls computed per generated token."""
+    tps = tokens / seconds
+    benchmark.extra_info.update(machine=machine(device), tokens_per_s=round(tps, 1),
+                                calls_per_token=calls_per_token,
+                                positions_per_token=positions_per_token)
+    ROWS.append(dict(suite=suite, kind="generation", device=str(device), machine=machine(device),
+                     case=case, impl=impl, tokens_per_s=tps, seconds=seconds,
+                     calls_per_token=calls_per_token, positions_per_token=positions_per_token))
+
+
 # ---- summary ------------------------------------------------------------------------------------
 
 def _ms(s):
@@ -280,7 +293,24 @@ def _trade_table(rows):
     return out
 
 
-TABLES = {"trade": _trade_table, "kernel": _kernel_table, "memory": _memory_table, "throughput": _throughput_table}
+def _generation_table(rows):
+    """bench_block.py: per case, each method's tokens/s, × the first method's and × the AR
+    baseline's, network calls and positions computed per generated token."""
+    _x2 = lambda a, b: f"{a / b:.2f}" if (a is not None and b) else "-"  # noqa: E731
+    first = rows[0]["impl"]
+    by = {(r["machine"], r["case"], r["impl"]): r["tokens_per_s"] for r in rows}
+    out = ["| machine | case | method | seconds | tok/s | × " + first + " | × ar+kv | "
+           "calls / token | positions / token |", "|" + "---|" * 9]
+    for r in rows:
+        key = (r["machine"], r["case"])
+        out.append(f"| {r['machine']} | {r['case']} | {r['impl']} | {r['seconds']:.2f} | "
+                   f"{r['tokens_per_s']:,.1f} | {_x2(r['tokens_per_s'], by.get((*key, first)))} | "
+                   f"{_x2(r['tokens_per_s'], by.get((*key, 'ar+kv')))} | "
+                   f"{r['calls_per_token']:.3f} | {r['positions_per_token']:,.1f} |")
+    return out
+
+
+TABLES = {"generation": _generation_table, "trade": _trade_table, "kernel": _kernel_table, "memory": _memory_table, "throughput": _throughput_table}
 
 
 def summary(section, write_line):

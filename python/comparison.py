@@ -80,6 +80,8 @@ MODELS = {
     BASELINE: dict(family="ar", match_depth=True),
     "sedd-absorb": dict(family="sedd", graph="absorb"),
     "sedd-uniform": dict(family="sedd", graph="uniform"),
+    "block-4": dict(family="block", block_size=4),
+    "block-16": dict(family="block", block_size=16),
 }
 
 
@@ -250,11 +252,15 @@ def sample_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
     N = v["num_samples"]
     L = trainers[BASELINE].cfg.seq_len
 
-    def add(model, predictor, steps, x, evaluations, seconds):
+    def add(model, predictor, steps, x, stats, seconds):
+        calls = getattr(stats, "network_calls", None)
         r = dict(section="samples", model=model, predictor=predictor, steps=steps,
-                 evaluations=evaluations, seconds=seconds, **scorer(x))
+                 evaluations=stats.evaluations,
+                 network_calls=stats.evaluations if calls is None else calls,
+                 positions=getattr(stats, "positions", None) or math.nan,
+                 seconds=seconds, tokens_per_s=x.numel() / max(seconds, 1e-9), **scorer(x))
         rows.append(r)
-        log(f"  {model:13s} {predictor:13s} steps {steps:5d}: evaluations {evaluations:5d}, "
+        log(f"  {model:13s} {predictor:13s} steps {steps:5d}: evaluations {r['evaluations']:5d}, "
             f"NLL {r['nll']:.3f}, valid {r['valid']:.3f}, entropy {r['entropy']:.3f}")
 
     x0 = _held_out(trainers[BASELINE], N)
@@ -267,7 +273,7 @@ def sample_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
             t0 = time.perf_counter()
             x, stats = t.family.generate(t.ema_model, N, L, generator=gen, device=device,
                                          return_stats=True)
-            add(name, "ancestral", L, x, stats.evaluations, time.perf_counter() - t0)
+            add(name, "ancestral", L, x, stats, time.perf_counter() - t0)
             continue
         plan = [(p, s) for p in ("analytic", "euler") for s in v["sample_steps"]]
         if first_hitting.graphs is None or t.graph.name in first_hitting.graphs:
@@ -277,7 +283,7 @@ def sample_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
             t0 = time.perf_counter()
             x, stats = t.family.generate(t.ema_model, N, L, steps=steps, predictor=predictor,
                                          generator=gen, device=device, return_stats=True)
-            add(name, predictor, steps, x, stats.evaluations, time.perf_counter() - t0)
+            add(name, predictor, steps, x, stats, time.perf_counter() - t0)
     return rows
 
 
@@ -378,7 +384,7 @@ def check_complete(rows, v, exact: bool) -> None:
         elif r["section"] == "samples":
             vals = [r["entropy"]] + ([r["valid"]] if exact else []) + \
                 ([r["nll"]] if not exact or r["valid"] > 0 else [])
-        elif r["model"] != BASELINE:
+        elif r["model"] != BASELINE and r.get("predictor") != "cannot infill":
             vals = ([r["valid"]] if exact else []) + \
                 ([r["nll"]] if not exact or r["valid"] > 0 else [])
         else:

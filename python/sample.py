@@ -37,7 +37,7 @@ from sedd.sampling import PREDICTORS, condition_from
 
 # the sampling flags a family may or may not read (Family.sample_options)
 FAMILY_FLAGS = ("steps", "predictor", "window", "stride", "tokens_per_step", "compile",
-                "cuda_graph")
+                "cuda_graph", "no_kv_cache")
 
 
 def eos_id(args, tok) -> int | None:
@@ -109,6 +109,9 @@ def parser():
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network's trunk (fullgraph; the first call pays the "
                         "compilation; SEDD models only)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="block diffusion: run the clean prefix again at every call instead of "
+                        "caching its keys and values (same distribution; for tests and benchmarks)")
     p.add_argument("--no-cache", action="store_true",
                    help="call the network at every step even for a time-independent ('clean') "
                         "model (the cache is exact: same samples, fewer network calls); for an "
@@ -185,7 +188,9 @@ def _main(argv=None):
                                stop_at_eos=args.stop_at_eos, eos=eos, **options)
     print(f"network calls: {stats.network_calls} of {stats.evaluations} evaluations"
           + (" (cached)" if stats.cached else "")
-          + (f", {stats.windows} windows" if stats.windows > 1 else ""), file=sys.stderr)
+          + (f", {stats.windows} windows" if stats.windows > 1 else "")
+          + (f", {stats.positions / max(1, sum(len(r) for r in x)):.1f} positions computed per "
+             f"sampled token" if stats.positions else ""), file=sys.stderr)
     write_records(out, x, tok, stats, args.stop_at_eos)
 
 

@@ -34,13 +34,16 @@ def test_quick_run_writes_a_complete_finite_table(quick):
     v = C.LEVELS["quick"]
     C.check_complete(rows, v, exact=True)            # raises when a row is missing or not finite
     lik = {r["model"]: r for r in rows if r["section"] == "likelihood"}
-    assert set(lik) == {"ar", "sedd-absorb", "sedd-uniform", "true language", "entropy rate"}
+    assert set(lik) == {"ar", "sedd-absorb", "sedd-uniform", "block-4", "block-16",
+                        "true language", "entropy rate"}
     assert lik["ar"]["kind"] == "exact NLL" and lik["sedd-absorb"]["kind"] == "bound"
-    # a likelihood (AR) and an upper bound (SEDD) cannot beat the truth beyond their noise
-    for m in ("ar", "sedd-absorb", "sedd-uniform"):
+    assert lik["block-4"]["kind"] == "bound"
+    # a likelihood (AR) and an upper bound (SEDD, block) cannot beat the truth beyond their noise
+    for m in ("ar", "sedd-absorb", "sedd-uniform", "block-4", "block-16"):
         assert lik[m]["nll"] > lik["true language"]["nll"] - 3 * lik[m]["stderr"]
     samples = [r for r in rows if r["section"] == "samples"]
-    assert len(samples) == 2 + 2 * 2 * len(v["sample_steps"]) + len(v["fh_steps"])
+    # data, AR; analytic and Euler for the four diffusion models; first-hitting on absorbing ones
+    assert len(samples) == 2 + 4 * 2 * len(v["sample_steps"]) + 3 * len(v["fh_steps"])
     ar = next(r for r in samples if r["model"] == "ar")
     assert ar["evaluations"] == res["training"]["ar"]["seq_len"]
     data = next(r for r in samples if r["model"] == "data")
@@ -103,11 +106,13 @@ def test_check_complete_names_what_is_missing_or_not_finite():
     smp = [dict(section="samples", model="ar", predictor="ancestral", steps=8, nll=1.0,
                 valid=0.5, entropy=2.0)]
     smp += [dict(section="samples", model=m, predictor=p, steps=4, nll=1.0, valid=0.5, entropy=2.0)
-            for m in ("sedd-absorb", "sedd-uniform") for p in ("analytic", "euler")]
+            for m in C.MODELS if m != "ar" for p in ("analytic", "euler")]
     smp += [dict(section="samples", model="sedd-absorb", predictor="first_hitting", steps=4,
                  nll=1.0, valid=0.5, entropy=2.0)]
     inf = [dict(section="infill", model=m, nll=1.0, valid=1.0)
            for m in ("sedd-absorb", "sedd-uniform")]
+    inf += [dict(section="infill", model="block-4", predictor="cannot infill", nll=math.nan,
+                 valid=math.nan)]                   # a family without infill: no numbers
     C.check_complete(lik + smp + inf, v, exact=True)
     with pytest.raises(AssertionError, match="missing .*first_hitting"):
         C.check_complete(lik + smp[:-1] + inf, v, exact=True)

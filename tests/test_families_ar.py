@@ -251,7 +251,7 @@ def test_sample_door_accepts_a_prefix_and_refuses_infill(ar_run, tmp_path):
     for flags, match in [(["--infill", "the [___] ."], "--infill: an autoregressive model"),
                          (["--suffix", "."], "--suffix: an autoregressive model"),
                          (["--length", "17"], "--length 17 is longer than"),
-                         (["--predictor", "euler"], "--predictor applies to SEDD models"),
+                         (["--predictor", "euler"], "--predictor applies to SEDD or block-diffusion models"),
                          (["--window", "8"], "--window applies to SEDD models")]:
         r = script("sample.py", "--checkpoint", str(ar_run), "--out", str(out), *flags)
         assert r.returncode != 0 and match in r.stderr and "Traceback" not in r.stderr, r.stderr

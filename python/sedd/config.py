@@ -148,12 +148,14 @@ class _SharedConfig:
 
 def _family_fields():
     """Every family's own options, as TrainConfig fields."""
-    out, seen = [], set()
+    out, seen = [], {}
     for family in FAMILIES.values():
         for name, f in family.options.items():
             if name in seen:
+                if seen[name] is f:              # one option shared by two families
+                    continue
                 raise ValueError(f"option {name!r} is declared by two families")
-            seen.add(name)
+            seen[name] = f
             kind = type(f.default) if f.default is not MISSING and f.default is not None else str
             out.append((name, kind | None, f))
     return out

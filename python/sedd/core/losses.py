@@ -13,11 +13,31 @@ def _to(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
     return t.to(device=device, dtype=dtype, non_blocking=True)
 
 
-def _noised(x0, graph, noise, generator, t, eps_t, validate=None):
+def training_times(shape, generator=None, *, eps_t: float = 1e-3, low_discrepancy=False,
+                   lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    """Diffusion times t ∈ [lo, hi] (default [ε_t, 1]) for the training loss, float64 [shape].
+
+    Plain: independent uniforms. low_discrepancy (MDLM's and BD3LM's "antithetic" sampling): the
+    n = numel draws are stratified — draw i lies in its own stratum [π(i), π(i) + 1)/n of the
+    interval, π a random permutation, so that the batch covers the noise levels evenly: each
+    draw is still uniform (the loss stays an unbiased estimate of the same expectation) and the
+    batch mean's variance falls (docs/math.md §4). With lo, hi inside [ε_t, 1] (BD3LM's clipped
+    schedules) the loss is no longer the bound's estimate, but a lower-variance training signal
+    that leaves out the nearly clean and nearly masked levels."""
+    lo = eps_t if lo is None else lo
+    hi = 1.0 if hi is None else hi
+    n = math.prod(shape)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if low_discrepancy:
+        u = (torch.randperm(n, generator=generator).double() + u) / n
+    return (lo + (hi - lo) * u).view(shape)
+
+
+def _noised(x0, graph, noise, generator, t, eps_t, validate=None, low_discrepancy=False):
     """t ~ U(ε_t, 1) per sequence (or the given t), σ̄(t), σ̇(t) (float64, CPU) and x_t."""
     B = x0.shape[0]
     if t is None:
-        t = (1 - eps_t) * torch.rand(B, generator=generator, dtype=torch.float64) + eps_t
+        t = training_times((B,), generator, eps_t=eps_t, low_discrepancy=low_discrepancy)
     t = t.to(torch.float64).cpu()
     sigma, dsigma = noise.total(t), noise.rate(t)
     xt = graph.perturb(x0, _to(sigma, x0.device), generator if x0.device.type == "cpu" else None,
@@ -33,17 +53,21 @@ def can_fuse_linear(model, graph) -> bool:
 
 def batch_loss(model, x0, graph, noise, generator=None, *, eps_t: float = 1e-3,
                use_reference: bool = False, fused_linear: bool = True, scale: float = 1.0,
-               validate: bool | None = None):
+               validate: bool | None = None, low_discrepancy: bool = False):
     """scale · mean over the batch of loss_fn (one scalar, what the trainer differentiates). With
     fused_linear (and a model/graph that allow it) the output projection and the loss are fused
     (sedd_kernels.linear_score_entropy): the [B, L, V] log-scores are never materialised. Same
     random draws, same value as the unfused path. validate=False skips the kernels' host checks
     of x0 (the trainer checks its batches on the host before they go to the device): on CUDA the
-    fused path then makes no host sync except the absorbing loss's count of masked rows."""
+    fused path then makes no host sync except the absorbing loss's count of masked rows.
+    low_discrepancy: stratified noise levels across the batch (training_times)."""
     if use_reference or not fused_linear or not can_fuse_linear(model, graph):
-        return loss_fn(model, x0, graph, noise, generator, eps_t=eps_t,
+        t = training_times((x0.shape[0],), generator, eps_t=eps_t,
+                           low_discrepancy=low_discrepancy) if low_discrepancy else None
+        return loss_fn(model, x0, graph, noise, generator, t=t, eps_t=eps_t,
                        use_reference=use_reference).mean() * scale
-    sigma, dsigma, xt = _noised(x0, graph, noise, generator, None, eps_t, validate)
+    sigma, dsigma, xt = _noised(x0, graph, noise, generator, None, eps_t, validate,
+                                low_discrepancy)
     weight = _to(dsigma * (scale / x0.shape[0]), x0.device)
     return model(xt, _to(sigma, x0.device, torch.float32),
                  fused_loss=dict(x_0=x0, sigma_total=_to(sigma, x0.device), graph=graph.name,

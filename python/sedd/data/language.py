@@ -149,7 +149,7 @@ class LanguageOracle(torch.nn.Module):
         super().__init__()
         self.lang = lang
         self.mask = lang.n
-        self.register_buffer("start", torch.from_numpy(lang.start))
+        self.register_buffer("initial", torch.from_numpy(lang.start))
         self.register_buffer("trans", torch.from_numpy(lang.trans))
         self.register_buffer("emit", torch.from_numpy(lang.emit))           # [S, n]
         self.config = type("OracleConfig", (), {"max_length": None})()
@@ -162,7 +162,7 @@ class LanguageOracle(torch.nn.Module):
         e = self.emit.T[x.clamp(max=self.mask - 1)]                         # [B, L, S]
         e = torch.where(masked[..., None], torch.ones_like(e), e)
         alpha = torch.empty(B, L, e.shape[-1], dtype=torch.float64, device=x.device)
-        a = self.start[None] * e[:, 0]
+        a = self.initial[None] * e[:, 0]
         for i in range(L):                       # scaled forward pass: α_i ∝ p(s_i, x_≤i)
             if i > 0:
                 a = (a @ self.trans) * e[:, i]
@@ -255,3 +255,29 @@ class LanguageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.data[i]
+
+
+class BlockLanguageOracle(LanguageOracle):
+    """The exact block conditionals of the built-in language, with the block-diffusion network's
+    generation interface (sedd.nn.block.BlockDDiT: start, block_log_probs, commit): p(x_i = y |
+    the committed prefix, the block's unmasked tokens), everything after the block summed out —
+    so block-by-block sampling runs on exact scores and what remains is the sampler's error."""
+
+    def __init__(self, lang: Language, block_size: int):
+        super().__init__(lang)
+        self.config = type("OracleConfig", (), {"max_length": None, "block_size": block_size})()
+
+    def start(self, B, device=None, use_cache=True, length=None):
+        device = device or self.trans.device
+        return type("OracleState", (), {"tokens": torch.zeros(B, 0, dtype=torch.long,
+                                                              device=device),
+                                        "calls": 0, "positions": 0})()
+
+    def block_log_probs(self, state, x_block, rows=None):
+        prefix = state.tokens if rows is None else state.tokens.index_select(0, rows)
+        state.calls += 1
+        state.positions += x_block.shape[0] * (prefix.shape[1] + x_block.shape[1])
+        return self.clean_log_probs(torch.cat([prefix, x_block], 1))[:, -x_block.shape[1]:]
+
+    def commit(self, state, x_block):
+        state.tokens = torch.cat([state.tokens, x_block], 1)

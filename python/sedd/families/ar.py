@@ -146,14 +146,16 @@ def ar_sample(model: ARModel, num_samples: int, length: int, *, generator=None,
     bos = torch.full((B, 1), model.bos, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     ends = torch.full((B,), length, dtype=torch.long, device=device)
-    calls = 0
+    calls = positions = 0
     kv = model.new_cache(B, length, device=device) if cache and P < length else None
     logits = None
     for i in range(P, length):
         if kv is None:
             logits = model.next_logits(torch.cat([bos, x[:, :i]], 1))
+            positions += B * (i + 1)
         elif logits is None:                          # prefill: BOS and the prefix at once
             logits = model.next_logits(torch.cat([bos, x[:, :i]], 1), kv)
+            positions += B * (i + 1)
         calls += 1
         x[:, i] = draw(logits, generator, temperature, top_p)
         if stop_at_eos:
@@ -164,6 +166,7 @@ def ar_sample(model: ARModel, num_samples: int, length: int, *, generator=None,
                 break
         if kv is not None and i + 1 < length:
             logits = model.next_logits(x[:, i:i + 1], kv)
+            positions += B
     out = x
     lengths = ends.tolist()
     if stop_at_eos:
@@ -171,7 +174,7 @@ def ar_sample(model: ARModel, num_samples: int, length: int, *, generator=None,
     if not return_stats:
         return out
     stats = SampleStats(evaluations=calls, network_calls=calls, cached=kv is not None,
-                        sequence_evaluations=B * calls, windows=1,
+                        sequence_evaluations=B * calls, windows=1, positions=positions,
                         lengths=lengths if stop_at_eos else [], ended=ended.tolist() if stop_at_eos else [])
     return out, stats
 

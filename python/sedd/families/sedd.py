@@ -40,6 +40,10 @@ class SEDD(Family):
                                "them, instead of fusing the output projection into the loss "
                                "(linear_score_entropy, the default)", True,
                                flag="--no-fused-linear"),
+        "noise_levels": option("training noise levels across a batch: low-discrepancy "
+                               "(stratified, MDLM/BD3LM's antithetic sampling; the default) or "
+                               "uniform (independent draws, the paper's)",
+                               choices=["low-discrepancy", "uniform"]),
     }
     inherited_options = ("graph", "noise", "parametrisation")
     conditions = frozenset({"prefix", "suffix", "infill", "windows"})
@@ -47,9 +51,13 @@ class SEDD(Family):
                       "cuda_graph")
     paper_layout = True
 
-    def __init__(self, graph, noise, *, use_reference: bool = False, fused_linear: bool = True):
+    default_noise_levels = "low-discrepancy"
+
+    def __init__(self, graph, noise, *, use_reference: bool = False, fused_linear: bool = True,
+                 low_discrepancy: bool = False):
         self.graph, self.noise = graph, noise
         self.use_reference, self.fused_linear = use_reference, fused_linear
+        self.low_discrepancy = low_discrepancy
 
     # ---- config and network
     @staticmethod
@@ -63,6 +71,8 @@ class SEDD(Family):
 
     @classmethod
     def configure(cls, cfg):
+        if cfg.noise_levels is None:
+            cfg.noise_levels = cls.default_noise_levels
         rules = cls.graph_rules(cfg.graph)
         if cfg.noise is None:
             cfg.noise = rules.default_noise
@@ -120,7 +130,8 @@ class SEDD(Family):
     def bind(cls, graph=None, noise=None, cfg=None):
         if cfg is None:
             return cls(graph, noise)
-        return cls(graph, noise, use_reference=cfg.reference_loss, fused_linear=cfg.fused_linear)
+        return cls(graph, noise, use_reference=cfg.reference_loss, fused_linear=cfg.fused_linear,
+                   low_discrepancy=cfg.noise_levels == "low-discrepancy")
 
     @classmethod
     def for_config(cls, cfg, n):
@@ -141,7 +152,7 @@ class SEDD(Family):
         device-side value checks are off (no host syncs on CUDA)."""
         return batch_loss(model, x0, self.graph, self.noise, generator,
                           use_reference=self.use_reference, fused_linear=self.fused_linear,
-                          scale=scale, validate=False)
+                          scale=scale, validate=False, low_discrepancy=self.low_discrepancy)
 
     def eval_loss(self, model, x0, generator) -> torch.Tensor:
         return batch_loss(model, x0, self.graph, self.noise, generator,

@@ -90,8 +90,7 @@ class ARModel(nn.Module):
         if p + L > self.config.max_length:
             raise ValueError(f"{p + L} positions exceed the autoregressive model's window "
                              f"{self.config.max_length}")
-        cos, sin = self.rotary_emb(p + L, inputs.device)
-        rotary = (cos[:, p:], sin[:, p:])
+        rotary = self.rotary_emb(L, inputs.device, start=p)
         h = self.vocab_embed(inputs)
         for i, block in enumerate(self.blocks):
             h = block(h, rotary, cache, i)

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 import sedd_kernels as sk
 
@@ -25,13 +26,21 @@ class DDiTBlock(BlockLayers):
     def _residual(self, x, gate, skip):
         return skip + gate * F.dropout(x, p=self.dropout, training=self.training)
 
-    def forward(self, x, rotary, c):
+    def forward(self, x, rotary, c, attn_mask=None, kv=None):
+        """attn_mask: None (every position sees every position), SDPA's boolean mask, or a flex
+        attention BlockMask; kv: a function (k, v) -> (k, v) that puts cached keys and values in
+        front (block diffusion)."""
         B, L, D = x.shape
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
          gate_mlp) = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
         skip = x
         q, k, v = self.qkv(modulate(self.norm1(x), shift_msa, scale_msa), rotary)
-        h = F.scaled_dot_product_attention(q, k, v)
+        if kv is not None:
+            k, v = kv(k, v)
+        if isinstance(attn_mask, BlockMask):
+            h = flex_attention(q, k, v, block_mask=attn_mask)
+        else:
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h.transpose(1, 2).reshape(B, L, D)
         x = self._residual(self.attn_out(h), gate_msa, skip)
         return self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x)

@@ -33,6 +33,12 @@ class ModelConfig:
     # outputs log p(y | x) over the n real tokens, turned into log-scores analytically.
     parametrisation: str = "score"
     family: str = "sedd"
+    # block diffusion (sedd.nn.block): attention is block-causal over blocks of this many tokens
+    block_size: int | None = None
+    # how block diffusion computes its masked attention: "sdpa" (scaled_dot_product_attention
+    # with a boolean mask) or "flex" (torch's flex_attention, its block mask built once per
+    # shape); the same numbers either way
+    attention: str = "sdpa"
     # deprecated spelling of `family` (checkpoints before the family seam): "ddit" -> "sedd"
     arch: InitVar[str | None] = None
 
@@ -71,13 +77,15 @@ OLD_ARCH = {"ddit": "sedd"}     # ModelConfig.arch of older checkpoints -> famil
 
 def compile_model(model: nn.Module, *, training: bool) -> nn.Module:
     """torch.compile the network in place with fullgraph=True (a graph break is an error: the
-    fused ops are custom ops with fake kernels, traced like aten ops). training: `forward` — for
-    the DDiT with the fused loss that is trunk + linear_score_entropy in one graph; sampling: the
+    fused ops are custom ops with fake kernels, traced like aten ops). training: the method the
+    network names in `training_entry`, else `forward` — for the DDiT with the fused loss that is
+    trunk + linear_score_entropy in one graph (block diffusion: its vectorised trunk, whose loss
+    gathers a data-dependent number of masked rows outside the graph); sampling: the
     method the network names in `sampling_entry` (the DDiT's `trunk`: the sampler reads
     DDiT.log_score_parts, whose product feeds the fused step; else `forward`). Parameters and
     state_dict are untouched (checkpoints, EMA copies and the paper's layout see the plain
     module). Idempotent."""
-    name = "forward" if training else getattr(model, "sampling_entry", "forward")
+    name = getattr(model, "training_entry" if training else "sampling_entry", "forward")
     if getattr(model, "_sedd_compiled", None) == name:
         return model
     setattr(model, name, torch.compile(getattr(model, name), fullgraph=True))
@@ -111,8 +119,9 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
         self.register_buffer("inv_freq", inv_freq)
 
-    def forward(self, L, device):
-        t = torch.arange(L, device=device, dtype=self.inv_freq.dtype)
+    def forward(self, L, device, start=0):
+        """cos, sin [1, L, 1, dim] of the positions start … start + L − 1."""
+        t = torch.arange(start, start + L, device=device, dtype=self.inv_freq.dtype)
         freqs = torch.outer(t, self.inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]

@@ -27,12 +27,13 @@ class NetworkView:
     """The network as the predictors see it: log-scores of x [B, W] at σ [B] — whole
     (`log_score`), in the fused steps' parts (`step_scores`) or as gathered rows (`rows`) —
     through the exact per-sequence cache for a time-independent model, counting the forward
-    passes (`calls`) and the sequences they ran (`sequences`). The one interface a predictor
+    passes (`calls`), the sequences they ran (`sequences`) and the positions they computed
+    (`positions`, summed over those sequences). The one interface a predictor
     uses to call the network."""
 
     def __init__(self, model, use_cache: bool):
         self.model, self.use_cache = model, use_cache
-        self.calls = self.sequences = 0
+        self.calls = self.sequences = self.positions = 0
         self.held_x = self.held = None
         self.buffer = None      # step_scores' reused [B, W, V] block
 
@@ -52,11 +53,16 @@ class NetworkView:
         self.calls += 1
         if idx is None or idx.numel() == B:
             self.sequences += B
+            self.positions += B * x.shape[1]
             self.held_x, self.held = x.clone(), self.model.clean_log_probs(x)
         else:
             self.sequences += idx.numel()
+            self.positions += idx.numel() * x.shape[1]
             sub = x.index_select(0, idx)
-            self.held.index_copy_(0, idx, self.model.clean_log_probs(sub))
+            # a model whose sequences carry state of their own (the block family's committed
+            # blocks) is told which sequences these are
+            rows = dict(rows=idx) if getattr(self.model, "row_state", False) else {}
+            self.held.index_copy_(0, idx, self.model.clean_log_probs(sub, **rows))
             self.held_x.index_copy_(0, idx, sub)
         return self.held
 
@@ -65,6 +71,7 @@ class NetworkView:
         if not self.use_cache:
             self.calls += 1
             self.sequences += x.shape[0]
+            self.positions += x.numel()
             return self.model(x, sigma)
         return self.model.log_score_from_clean(self._clean(x), x, sigma)
 
@@ -77,6 +84,7 @@ class NetworkView:
             if count:
                 self.calls += 1
                 self.sequences += x.shape[0]
+                self.positions += x.numel()
             # the previous step's block is free again (its step has run): write into it
             reuse = self.buffer if self.buffer is not None and self.buffer.shape[:2] == x.shape \
                 else None

@@ -36,13 +36,15 @@ class SampleStats:
     consumed (what an uncached sampler computes; grid predictors: steps + 1 per window with the
     denoiser), `network_calls` the forward passes actually made (fewer when the exact cache
     reused outputs), `sequence_evaluations` the sequences those passes ran (B per uncached call;
-    the per-sequence cache runs only the changed ones), `windows` the semi-autoregressive windows
-    and, with stop_at_eos, `lengths` and `ended` (whether the sequence produced its EOS)."""
+    the per-sequence cache runs only the changed ones), `positions` the token positions those
+    passes computed (summed over the sequences they ran), `windows` the semi-autoregressive
+    windows and, with stop_at_eos, `lengths` and `ended` (whether the sequence produced its EOS)."""
 
     evaluations: int
     network_calls: int
     cached: bool
     sequence_evaluations: int = 0
+    positions: int = 0
     windows: int = 1
     lengths: list = field(default_factory=list)
     ended: list = field(default_factory=list)
@@ -207,7 +209,7 @@ def sample(model, graph, noise, num_samples: int, length: int, steps: int,
             if s.stop_at_eos and lo + s.window < length and all_ended(x, s.eos, cond.given, done):
                 break                           # every sequence has ended: stop generating
     x = cond.apply(x)
-    stats = SampleStats(evaluations, net.calls, net.use_cache, net.sequences, windows)
+    stats = SampleStats(evaluations, net.calls, net.use_cache, net.sequences, net.positions, windows)
     if s.stop_at_eos:
         x, stats.lengths, stats.ended = cut_at_eos(x, s.eos, cond.given, done)
     return (x, stats) if return_stats else x
