@@ -216,7 +216,7 @@ def test_block_diffusion_flex_and_sdpa_agree_with_gradients_cuda():
     """Issue 26 on the GPU: the flex-attention path (compiled, as --compile runs it, and eager)
     against SDPA with a boolean mask — the vectorised loss and every gradient; the KV-cached
     block log-probs equal the recomputed prefix's."""
-    from test_families_block import block_net, masked_batch
+    from test_families_block import block_by_block, block_net, masked_batch
     K, L = 4, 16
     x0, xt, weight, _, _ = masked_batch(L, K)
     x0, xt, weight = x0.cuda(), xt.cuda(), weight.cuda()
@@ -238,15 +238,8 @@ def test_block_diffusion_flex_and_sdpa_agree_with_gradients_cuda():
         for u, v in zip(ga, gb):
             assert float((u - v).abs().max()) <= 1e-3 * float(u.abs().max()) + 1e-5, name
     net = block_net(K, L).cuda()
-    out = {}
     with torch.no_grad():
-        for use_cache in (True, False):
-            state = net.start(3, use_cache=use_cache)
-            rows = []
-            for lo in range(0, L, K):
-                rows.append(net.block_log_probs(state, xt[:, lo:lo + K]))
-                net.commit(state, x0[:, lo:lo + K])
-            out[use_cache] = torch.cat(rows, 1)
+        out = {c: block_by_block(net, xt, x0, K, c)[0] for c in (True, False)}
     torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-4)
 
 

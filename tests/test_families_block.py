@@ -53,6 +53,17 @@ def masked_batch(L=16, K=4, seed=1):
     return x0, torch.where(masked, G.mask, x0), weight, sigma, dsigma
 
 
+def block_by_block(net, xt, x0, K, use_cache=True):
+    """Generation's path: each noised block's log-probs [B, L, V] after the committed clean
+    blocks before it, and the state."""
+    state = net.start(xt.shape[0], use_cache=use_cache)
+    rows = []
+    for lo in range(0, xt.shape[1], K):
+        rows.append(net.block_log_probs(state, xt[:, lo:lo + K]))
+        net.commit(state, x0[:, lo:lo + K])
+    return torch.cat(rows, 1), state
+
+
 def test_the_vectorised_loss_equals_the_loop_over_blocks():
     """Value and every parameter's gradient: one forward over [x_t, x_0] under the vectorised
     mask against block-by-block inference (committed clean prefix, then the noised block)."""
@@ -65,13 +76,8 @@ def test_the_vectorised_loss_equals_the_loop_over_blocks():
     vec.backward()
     grads.append([p.grad.clone() for p in net.parameters()])
     net.zero_grad()
-    state = net.start(3, use_cache=True)
-    loop = 0.0
-    for lo in range(0, L, K):
-        logp = net.block_log_probs(state, xt[:, lo:lo + K])[..., :-1]
-        ce = -logp.gather(-1, x0[:, lo:lo + K, None]).squeeze(-1)
-        loop = loop + (ce * weight[:, lo:lo + K].float()).sum()
-        net.commit(state, x0[:, lo:lo + K])
+    logp, _ = block_by_block(net, xt, x0, K)
+    loop = (-logp[..., :-1].gather(-1, x0[..., None]).squeeze(-1) * weight.float()).sum()
     loop.backward()
     grads.append([p.grad.clone() for p in net.parameters()])
     torch.testing.assert_close(vec, loop, rtol=1e-5, atol=1e-5)
@@ -122,12 +128,7 @@ def test_cached_block_inference_equals_uncached_and_vectorised(K):
     x0, xt, _, _, _ = masked_batch(L, K)
     out = {}
     for use_cache in (True, False):
-        state = net.start(3, use_cache=use_cache)
-        rows = []
-        for lo in range(0, L, K):
-            rows.append(net.block_log_probs(state, xt[:, lo:lo + K]))
-            net.commit(state, x0[:, lo:lo + K])
-        out[use_cache] = torch.cat(rows, 1)
+        out[use_cache], state = block_by_block(net, xt, x0, K, use_cache)
         assert state.calls == 2 * (L // K) - (0 if use_cache else L // K)
     torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-5)
     h, _ = net.vectorised_hidden(xt, x0, net._mask(L, True, "cpu"))
@@ -265,6 +266,22 @@ def test_prefix_and_stop_at_eos_and_any_length():
         suffix = torch.zeros(1, 40, dtype=torch.bool)
         suffix[0, -3:] = True
         family().generate(oracle, 2, 40, condition=(tokens, suffix), device="cpu")
+
+
+def test_temperature_and_top_p_reach_every_block():
+    """Shaping goes into each block's sampler: with top-p near 0 (or a low temperature) every
+    unmasking draws the mode of its exact conditional, so the samples are far more likely under
+    the language than its entropy rate; at top-p 1 and temperature 1 they sit at it."""
+    oracle = BlockLanguageOracle(LANG, 4)
+    H, _ = LANG.entropy_rate(24, num=200)
+    nll = {}
+    for name, kw in [("top_p", dict(top_p=1e-9)), ("temperature", dict(temperature=0.05)),
+                     ("plain", {})]:
+        x = family().generate(oracle, 64, 24, predictor="first_hitting", steps=10 ** 6,
+                              generator=torch.Generator().manual_seed(0), device="cpu", **kw)
+        nll[name] = float((-LANG.log_likelihood(x.numpy()) / 24).mean())
+    assert nll["top_p"] < H - 1 and nll["temperature"] < H - 1, (nll, H)
+    assert abs(nll["plain"] - H) < 0.25, (nll, H)
 
 
 def test_bad_settings_are_one_clear_error():

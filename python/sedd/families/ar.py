@@ -64,10 +64,7 @@ class AR(Family):
         if model.vocab_size != n + 1:
             raise ConfigError(f"{source}: the autoregressive model over n = {n} tokens needs "
                               f"vocab_size {n + 1} (with BOS), the model has {model.vocab_size}")
-        try:
-            cls.check_network(model)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        cls.check_loaded_network(model, source)
         return dict(graph=None, n=n, noise={})
 
     def network_vocab_size(self, n):

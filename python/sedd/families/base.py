@@ -74,6 +74,14 @@ class Family:
         """Refuse a ModelConfig this family's network cannot be (ValueError)."""
 
     @classmethod
+    def check_loaded_network(cls, config: ModelConfig, source: str) -> None:
+        """check_network on a checkpoint's ModelConfig: a ConfigError naming the source."""
+        try:
+            cls.check_network(config)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
     def build_network(cls, config: ModelConfig) -> torch.nn.Module:
         raise NotImplementedError
 

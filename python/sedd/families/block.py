@@ -165,10 +165,7 @@ class Block(SEDD):
         if record["graph"] != Absorbing.name:
             raise ConfigError(f"{source}: block diffusion runs on the absorbing graph, the config "
                               f"says {record['graph']!r}")
-        try:
-            cls.check_network(model)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        cls.check_loaded_network(model, source)
         return record
 
     @classmethod

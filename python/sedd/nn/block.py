@@ -77,7 +77,8 @@ class BlockState:
         self.committing = False
         self.pos = 0                               # absolute position of the next token
         self.calls = self.positions = 0            # forward passes, positions they computed
-        self.c = None                              # the network's (constant) condition
+        self.c = self.mods = None                  # the network's (constant) condition and
+                                                   # its adaLN vectors, per block and final
 
     def make_room(self, T: int) -> None:
         if self.k and not self.functional and self.n + T > self.capacity:
@@ -143,9 +144,9 @@ class BlockDDiT(DDiT):
     def _rotary(self, start, length, device):
         return self.rotary_emb(length, device, start=start)
 
-    def _log_probs(self, hidden, c):
+    def _log_probs(self, hidden, c, mod=None):
         """[B, T, V] float32: log-softmax over the n real tokens, 0 in the mask column."""
-        out = self.output_layer(hidden, c).float()
+        out = self.output_layer.linear(self.output_layer.modulated(hidden, c, mod)).float()
         return torch.cat([torch.log_softmax(out[..., :-1], dim=-1),
                           torch.zeros_like(out[..., -1:])], dim=-1)
 
@@ -228,8 +229,10 @@ class BlockDDiT(DDiT):
             raise ValueError("commit appends a block to every sequence: rows must be None")
         B, T = x_block.shape
         if state.c is None:       # one condition for every call (σ is not read): broadcast
-            state.c = self._condition(1, x_block.device)
-        c = state.c
+            state.c = c = self._condition(1, x_block.device)
+            state.mods = ([blk.modulation(c) for blk in self.blocks],
+                          self.output_layer.modulation(c))
+        c, (mods, final) = state.c, state.mods
         state.calls += 1
         if not state.use_cache:                      # the clean prefix (last `keep`) again
             prefix = state.tokens[:, max(0, state.tokens.shape[1] - state.keep):]
@@ -240,18 +243,18 @@ class BlockDDiT(DDiT):
             rotary = self._rotary(state.pos - P, P + T, x.device)
             mask = block_causal_mask(P + T, self.K, x.device)    # P + T varies: SDPA
             h = self.vocab_embed(x)
-            for block in self.blocks:
-                h = block(h, rotary, c, attn_mask=mask)
+            for block, mod in zip(self.blocks, mods):
+                h = block(h, rotary, c, attn_mask=mask, mod=mod)
             state.positions += B * (P + T)
-            return self._log_probs(h[:, P:], c)
+            return self._log_probs(h[:, P:], c, final)
         state.make_room(T)
         state.committing = commit
         rotary = self._rotary(state.pos, T, x_block.device)
         h = self.vocab_embed(x_block)
-        for i, block in enumerate(self.blocks):
-            h = block(h, rotary, c, kv=functools.partial(state.extend, i, rows=rows))
+        for i, (block, mod) in enumerate(zip(self.blocks, mods)):
+            h = block(h, rotary, c, kv=functools.partial(state.extend, i, rows=rows), mod=mod)
         state.positions += B * T
         if commit:
             state.n += T
             return None
-        return self._log_probs(h, c)
+        return self._log_probs(h, c, final)

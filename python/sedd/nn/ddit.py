@@ -26,13 +26,17 @@ class DDiTBlock(BlockLayers):
     def _residual(self, x, gate, skip):
         return skip + gate * F.dropout(x, p=self.dropout, training=self.training)
 
-    def forward(self, x, rotary, c, attn_mask=None, kv=None):
+    def modulation(self, c):
+        """The six adaLN vectors of condition c, each [B, 1, H]."""
+        return self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+
+    def forward(self, x, rotary, c, attn_mask=None, kv=None, mod=None):
         """attn_mask: None (every position sees every position), SDPA's boolean mask, or a flex
         attention BlockMask; kv: a function (k, v) -> (k, v) that puts cached keys and values in
-        front (block diffusion)."""
+        front (block diffusion); mod: `modulation(c)` computed before (a constant condition)."""
         B, L, D = x.shape
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
-         gate_mlp) = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+         gate_mlp) = self.modulation(c) if mod is None else mod
         skip = x
         q, k, v = self.qkv(modulate(self.norm1(x), shift_msa, scale_msa), rotary)
         if kv is not None:
@@ -57,9 +61,13 @@ class DDitFinalLayer(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def modulated(self, x, c):
-        """What the projection reads: LayerNorm, then the adaLN shift and scale of c."""
-        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+    def modulation(self, c):
+        return self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+
+    def modulated(self, x, c, mod=None):
+        """What the projection reads: LayerNorm, then the adaLN shift and scale of c (or `mod`,
+        `modulation(c)` computed before)."""
+        shift, scale = self.modulation(c) if mod is None else mod
         return modulate(self.norm_final(x), shift, scale)
 
     def forward(self, x, c):
