@@ -56,7 +56,7 @@ fi
 
 # never-run-on-a-GPU suites first; score_entropy (measured on an H100 before) last. On CUDA the
 # suites run their "gpu" level (harness.py): the paper's shapes; each prints its summary table.
-for suite in ${SUITES:-steps block linear linear_ce categorical sampler predictors train optimizer perturb score_entropy}; do
+for suite in ${SUITES:-steps block rows linear linear_ce categorical sampler predictors train optimizer perturb score_entropy}; do
   if [ "$(left)" -lt 30 ]; then skipped="$skipped $suite"; continue; fi
   echo "== benchmarks (CUDA): $suite"
   SEDD_BENCH_DEVICES=cuda SEDD_BENCH_JSON="$OUT/bench_$suite.json" timeout "$(cap 200)" "$PY" \

@@ -310,7 +310,27 @@ def _generation_table(rows):
     return out
 
 
-TABLES = {"generation": _generation_table, "trade": _trade_table, "kernel": _kernel_table, "memory": _memory_table, "throughput": _throughput_table}
+def _decoding_table(rows):
+    """bench_decoding.py: per predictor setting, calls per token and tokens/s (the trained model),
+    and the samples' quality with exact scores and with the trained model."""
+    def q(r, who):
+        if f"{who}_valid" not in r:
+            return "— | — | — | —"
+        return (f"{r[who + '_valid']:.3f} | {r[who + '_valid8']:.3f} | "
+                f"{r[who + '_nll_excess']:+.3f} | {r[who + '_unigram_delta']:+.3f}")
+    out = ["| machine | case | predictor | calls / token (per sequence) | positions / token | tok/s | "
+           "exact: valid | valid-8 | NLL − H | unigram Δ | model: valid | valid-8 | NLL − H | "
+           "unigram Δ |", "|" + "---|" * 14]
+    for r in rows:
+        per = r.get("sequence_calls_per_token")
+        calls = f"{r['calls_per_token']:.3f}" + (f" ({per:.3f})" if per is not None else "")
+        out.append(f"| {r['machine']} | {r['case']} | {r['impl']} | {calls} | "
+                   f"{r['positions_per_token']:.1f} | {r['tokens_per_s']:,.0f} | "
+                   f"{q(r, 'exact')} | {q(r, 'model')} |")
+    return out
+
+
+TABLES = {"decoding": _decoding_table, "generation": _generation_table, "trade": _trade_table, "kernel": _kernel_table, "memory": _memory_table, "throughput": _throughput_table}
 
 
 def summary(section, write_line):

@@ -14,6 +14,13 @@ or infill, --temperature and --top-p as for SEDD.
 model's length (or --window), sliding by --stride, each conditioned on what is already
 generated. --predictor first_hitting (absorbing graph) samples the exact unmasking times: one
 token per network evaluation, at most --steps evaluations per window (or --tokens-per-step).
+--predictor confidence unmasks the most confident positions first (--threshold, or
+--tokens-per-step per call: Fast-dLLM / LLaDA); --predictor remdm remasks as it goes (--remask
+cap|rescale|conf|loop, --eta, --loop): more --steps, better samples.
+
+    python python/sample.py --checkpoint runs/sedd --predictor confidence --threshold 0.9
+    python python/sample.py --checkpoint runs/sedd --predictor remdm --steps 256 --remask loop
+    python python/sample.py --checkpoint runs/sedd --predictor confidence --kv-cache dual --block-length 16
 
 --checkpoint takes any layout: a training output folder or checkpoint of this project, a Hub
 folder or repository id (this project's or the paper's released models), or a run folder of the
@@ -29,15 +36,26 @@ import sys
 
 import torch
 
-from sedd.cli import (Parser, check_device, nonneg_int, positive_float, positive_int,
+from sedd.cli import (Parser, check_device, fraction, nonneg_int, positive_float, positive_int,
                       probability, run_door)
 from sedd.families import FAMILIES
 from sedd.loading import load
 from sedd.sampling import PREDICTORS, condition_from
 
 # the sampling flags a family may or may not read (Family.sample_options)
-FAMILY_FLAGS = ("steps", "predictor", "window", "stride", "tokens_per_step", "compile",
-                "cuda_graph", "no_kv_cache")
+FAMILY_FLAGS = ("steps", "predictor", "window", "stride", "tokens_per_step", "threshold",
+                "rank_by", "greedy", "remask", "eta", "loop", "block_length", "kv_cache",
+                "refresh", "compile", "cuda_graph", "no_kv_cache")
+
+
+def loop_phase(text):
+    """--loop T_ON,T_OFF,ALPHA_ON: three numbers (checked by the sampler)."""
+    try:
+        t_on, t_off, alpha_on = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--loop must be T_ON,T_OFF,ALPHA_ON (three numbers), "
+                                         f"got {text!r}") from None
+    return t_on, t_off, alpha_on
 
 
 def eos_id(args, tok) -> int | None:
@@ -78,8 +96,33 @@ def parser():
     p.add_argument("--stride", type=positive_int("--stride"),
                    help="tokens each semi-autoregressive window moves on (default: half the window)")
     p.add_argument("--tokens-per-step", type=positive_int("--tokens-per-step"),
-                   help="first_hitting: positions unmasked per network evaluation (default: "
-                        "masked / --steps, rounded up; 1 is exact)")
+                   help="first_hitting, confidence: positions unmasked per network evaluation "
+                        "(default: masked / --steps, rounded up; 1 is exact)")
+    p.add_argument("--threshold", type=probability("--threshold"),
+                   help="confidence: unmask every position whose confidence is at least this, and "
+                        "at least one per call (Fast-dLLM); default: --tokens-per-step per call")
+    p.add_argument("--rank-by", choices=["top", "margin", "entropy"],
+                   help="confidence: the top probability (default), top minus second, or "
+                        "exp(-entropy) of each position's denoising distribution")
+    p.add_argument("--greedy", action="store_true",
+                   help="confidence: the chosen positions take their most likely token (not exact)")
+    p.add_argument("--remask", choices=["cap", "rescale", "conf", "loop"],
+                   help="remdm: the remasking schedule (default loop)")
+    p.add_argument("--eta", type=fraction("--eta"),
+                   help="remdm: the remasking rate eta of cap/rescale/loop (defaults 0.008, 0.015, "
+                        "0.02; 0 with cap or rescale is the analytic predictor)")
+    p.add_argument("--loop", type=loop_phase, metavar="T_ON,T_OFF,ALPHA_ON",
+                   help="remdm --remask loop: the loop's time interval and unmasked share "
+                        "(default 0.55,0.05,0.9)")
+    p.add_argument("--block-length", type=positive_int("--block-length"),
+                   help="denoise each window in sub-blocks of this many positions, left to right "
+                        "(Fast-dLLM's blocks; default with --kv-cache dual: 32)")
+    p.add_argument("--kv-cache", choices=["dual", "none"],
+                   help="dual: keep the keys and values outside the sub-block being denoised "
+                        "(prefix and suffix) and refresh them once per sub-block (Fast-dLLM; "
+                        "approximate, more so for a sigma-conditioned model); none: the default")
+    p.add_argument("--refresh", type=positive_int("--refresh"),
+                   help="--kv-cache dual: a full pass every this many calls (1: exact)")
     p.add_argument("--temperature", type=positive_float("--temperature"), default=1.0,
                    help="temperature of each step's denoising distribution (default 1: exact)")
     p.add_argument("--top-p", type=probability("--top-p"), default=1.0,

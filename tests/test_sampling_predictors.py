@@ -36,7 +36,7 @@ def test_a_predictor_is_one_registry_entry():
         assert "half-analytic" in mod.parser()._option_string_actions["--predictor"].choices
     finally:
         PREDICTORS.pop("half-analytic", None)
-    with pytest.raises(ValueError, match="predictor must be one of 'analytic', 'euler'"):
+    with pytest.raises(ValueError, match="predictor must be one of 'analytic', 'confidence', 'euler'"):
         get_predictor("half-analytic")
     with pytest.raises(ValueError, match="already registered"):
         register("euler", lambda *a: 0.0)

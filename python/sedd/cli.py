@@ -20,12 +20,13 @@ import sys
 
 import torch
 
-from .core.options import nonneg_int, positive_float, positive_int, probability, unit_interval
+from .core.options import (fraction, nonneg_int, positive_float, positive_int, probability,
+                           unit_interval)
 from .loading import CheckpointError
 from .training.distributed import check_device
 
-__all__ = ["Parser", "run_door", "USER_ERRORS", "check_device", "nonneg_int", "positive_float",
-           "positive_int", "probability", "unit_interval"]
+__all__ = ["Parser", "run_door", "USER_ERRORS", "check_device", "fraction", "nonneg_int",
+           "positive_float", "positive_int", "probability", "unit_interval"]
 
 USER_ERRORS = (ValueError, OSError, CheckpointError, ImportError, torch.OutOfMemoryError)
 

@@ -34,6 +34,7 @@ class Graph:
                                  # reference twins of the steps (else dense general formulas)
     supports_clean = False       # the time-independent ("clean") parametrisation applies
     step_kinds = ("euler", "analytic", "denoise")   # the reverse-step kernels it has
+    moves_some = False           # its steps change (and read the rows of) `movable(x)` only
     from_file = False            # built from a file (general:PATH), not registered by name
 
     def __init_subclass__(cls, **kw):
@@ -96,6 +97,7 @@ class Absorbing(Graph):
     default_noise = "loglinear"
     scale_by_sigma = True
     supports_clean = True
+    moves_some = True            # an unmasked token never moves in reverse (docs/math.md §6)
 
     def __init__(self, n: int):
         self.n, self.V = int(n), self.vocab_size(n)

@@ -45,6 +45,7 @@ nonneg_int = _number(int, ">= 0", lambda v: v >= 0)
 positive_float = _number(float, "> 0 (finite)", lambda v: 0 < v < float("inf"))
 unit_interval = _number(float, "in [0, 1)", lambda v: 0 <= v < 1)
 probability = _number(float, "in (0, 1]", lambda v: 0 < v <= 1)
+fraction = _number(float, "in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 class ConfigError(ValueError):

@@ -101,7 +101,8 @@ class Block(SEDD):
     conditions = frozenset({"prefix", "windows"})
     no_condition = ("a block-diffusion model generates its blocks left to right and cannot "
                     "condition on text after them; use --prefix")
-    sample_options = ("steps", "predictor", "tokens_per_step", "no_kv_cache")
+    sample_options = ("steps", "predictor", "tokens_per_step", "threshold", "rank_by", "greedy",
+                      "remask", "eta", "loop", "no_kv_cache")
     paper_layout = False
     eps_t = 1e-3                                     # training noise levels t ∈ [ε_t, 1]
 
@@ -267,7 +268,9 @@ class Block(SEDD):
     def generate(self, model, num_samples, length, *, condition=None, generator=None,
                  device=None, temperature=1.0, top_p=1.0, stop_at_eos=False, eos=None,
                  cache=True, progress=False, return_stats=False, steps=128,
-                 predictor="analytic", tokens_per_step=None, no_kv_cache=False):
+                 predictor="analytic", no_kv_cache=False, **predictor_settings):
+        """Block by block (docs/block.md); predictor_settings: the predictor's own settings of
+        sedd.sampling.Settings (tokens_per_step, threshold, remask, ...), for every block."""
         net = unwrap(model)
         K, B = net.config.block_size, num_samples
         if length < 1 or B < 1:
@@ -308,7 +311,7 @@ class Block(SEDD):
                 xb, stats = sample(view, self.graph, self.noise, B, T, steps, predictor,
                                    condition=given, generator=generator, device=device,
                                    cache=cache, return_stats=True, temperature=temperature,
-                                   top_p=top_p, tokens_per_step=tokens_per_step)
+                                   top_p=top_p, **predictor_settings)
                 x[:, lo:lo + T] = xb
                 evaluations += stats.evaluations
                 sequences += stats.sequence_evaluations

@@ -47,8 +47,9 @@ class SEDD(Family):
     }
     inherited_options = ("graph", "noise", "parametrisation")
     conditions = frozenset({"prefix", "suffix", "infill", "windows"})
-    sample_options = ("steps", "predictor", "window", "stride", "tokens_per_step", "compile",
-                      "cuda_graph")
+    sample_options = ("steps", "predictor", "window", "stride", "tokens_per_step", "threshold",
+                      "rank_by", "greedy", "remask", "eta", "loop", "block_length", "kv_cache",
+                      "refresh", "compile", "cuda_graph")
     paper_layout = True
 
     default_noise_levels = "low-discrepancy"

@@ -22,7 +22,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 import sedd_kernels as sk
 
-from .ddit import DDiT
+from .ddit import DDiT, real_log_softmax
 from .layers import ModelConfig
 
 
@@ -118,6 +118,7 @@ class BlockDDiT(DDiT):
     """log p(x_i = y | the block's tokens, the clean blocks before it), block size config.block_size."""
 
     training_entry = "vectorised_hidden"     # what --compile compiles (sedd.nn.layers.compile_model)
+    projects_rows = False                    # generation goes through BlockView, not rows=
 
     def __init__(self, config: ModelConfig):
         if not config.block_size or config.block_size < 1:
@@ -146,9 +147,8 @@ class BlockDDiT(DDiT):
 
     def _log_probs(self, hidden, c, mod=None):
         """[B, T, V] float32: log-softmax over the n real tokens, 0 in the mask column."""
-        out = self.output_layer.linear(self.output_layer.modulated(hidden, c, mod)).float()
-        return torch.cat([torch.log_softmax(out[..., :-1], dim=-1),
-                          torch.zeros_like(out[..., -1:])], dim=-1)
+        return real_log_softmax(
+            self.output_layer.linear(self.output_layer.modulated(hidden, c, mod)).float())
 
     # ---- training: the vectorised forward
     def vectorised_hidden(self, x_t, x_0, mask):

@@ -16,6 +16,13 @@ from .layers import (BlockLayers, EmbeddingLayer, LayerNorm, ModelConfig, Rotary
                      TimestepEmbedder, check_shape, modulate)
 
 
+def real_log_softmax(out):
+    """The clean parametrisation's output from the projection's [.., V] float32: log_softmax
+    over the real tokens (the mask column excluded), 0 in the mask column M = V − 1."""
+    return torch.cat([torch.log_softmax(out[..., :-1], dim=-1),
+                      torch.zeros_like(out[..., -1:])], dim=-1)
+
+
 class DDiTBlock(BlockLayers):
     def __init__(self, dim, n_heads, cond_dim, mlp_ratio=4, dropout=0.1):
         super().__init__(dim, n_heads, mlp_ratio, dropout)
@@ -134,9 +141,7 @@ class DDiT(nn.Module):
         if not self.time_independent:
             raise ValueError("clean_log_probs needs parametrisation='clean'")
         h, c = self.trunk(x, None)
-        out = self.output_layer(h, c).float()
-        return torch.cat([torch.log_softmax(out[..., :-1], dim=-1),
-                          torch.zeros_like(out[..., -1:])], dim=-1)
+        return real_log_softmax(self.output_layer(h, c).float())
 
     def log_score_from_clean(self, log_probs, x, sigma):
         """Log-scores [B, L, V] from clean_log_probs(x) at total noise σ [B]. At a masked
@@ -174,7 +179,9 @@ class DDiT(nn.Module):
         """The trunk and the final layer up to its projection: what Linear(H, V) reads."""
         return self.output_layer.modulated(*self.trunk(x, sigma))
 
-    def log_score_parts(self, x, sigma, out=None):
+    projects_rows = True         # log_score_parts(rows=): the projection of chosen rows only
+
+    def log_score_parts(self, x, sigma, out=None, rows=None):
         """(prod [B, L, V], bias [V] or None, shift [B] or None) with forward(x, σ) =
         (prod + bias) + shift[:, None, None] and the entry at the current token set to 0: the form
         the fused reverse steps read (sedd_kernels.reverse_step(bias=, shift=) adds both and
@@ -182,22 +189,39 @@ class DDiT(nn.Module):
         passes over the [B, L, V] block (bias, offset, scatter, float copy). `prod` is the
         projection's product as computed (bf16 under autocast, where the bias stays inside it); into
         `out` when given (the previous step's block: no fresh allocation). For the clean
-        parametrisation prod is clean_log_probs(x) and bias None."""
+        parametrisation prod is clean_log_probs(x) and bias None.
+
+        rows: flat positions [R] into x's B·L positions (b·L + i): the trunk runs on all of x,
+        the final layer and the projection on those rows only, and prod is [R, V] (shift stays
+        per sequence, [B]). What a step reads when only some positions can move (the absorbing
+        graph's masked ones): the projection, most of a step at a large V, is paid for those
+        rows alone."""
         offset = self.log_score_offset(sigma.float())
-        if self.time_independent:
+        if self.time_independent and rows is None:
             return self.clean_log_probs(x), None, offset
         hidden = self._projection_input(x, sigma)
+        if rows is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+        return self.project(hidden, out) + (offset,)
+
+    def project(self, hidden, out=None):
+        """(prod, bias or None) of the output projection of what it reads, hidden [..., H]
+        (log_score_parts' form; the clean parametrisation's log-probs with bias None)."""
         fl = self.output_layer
+        if self.time_independent:
+            return real_log_softmax(fl.linear(hidden).float()), None
         w, b = fl.linear.weight, fl.linear.bias
         if torch.is_autocast_enabled(hidden.device.type) or b is None:
-            return fl.linear(hidden), None, offset
+            return fl.linear(hidden), None
+        if hidden.dim() == 2:
+            return torch.mm(hidden, w.t()), b
         flat = hidden.reshape(-1, hidden.shape[-1])
         if (out is not None and out.dtype == flat.dtype and out.device == flat.device
                 and out.shape == (*hidden.shape[:2], w.shape[0]) and out.is_contiguous()):
             torch.mm(flat, w.t(), out=out.view(-1, w.shape[0]))
         else:
             out = torch.mm(flat, w.t()).view(*hidden.shape[:2], w.shape[0])
-        return out, b, offset
+        return out, b
 
     def forward(self, x, sigma, fused_loss=None):
         """Log-scores [B, L, V]; or, with fused_loss = dict(x_0=, sigma_total=, graph=,

@@ -1,8 +1,9 @@
 """Sampling: the sampler (`sampler.sample`, a short composition of named parts), the predictor
-registry (`predictors`, with `first_hitting`), conditions and their text templates
-(`conditions`), semi-autoregressive windows (`windows`), temperature/top-p (`shaping`), the
-network as the predictors see it with the exact per-sequence cache (`network`) and CUDA-graph
-capture (`capture`).
+registry (`predictors`, with `first_hitting`, `confidence` and `remdm`), one reverse step over
+the rows that can move (`mover`), conditions and their text templates (`conditions`),
+semi-autoregressive windows (`windows`), sub-blocks and the dual KV cache (`dual_cache`),
+temperature/top-p (`shaping`), the network as the predictors see it with the exact per-sequence
+cache (`network`) and CUDA-graph capture (`capture`).
 
 Imports: `sedd.core` and `sedd.nn` (compile_model) only; families call into it."""
 

@@ -25,7 +25,10 @@ from typing import Callable
 import torch
 
 from .capture import CapturedStep
+from .confidence import confidence
 from .first_hitting import first_hitting
+from .mover import Mover, as_float, folds
+from .remdm import remdm
 
 
 def _kernel_step(kind):
@@ -61,8 +64,7 @@ class Predictor:
         steps add the projection's bias and the network's σ offset and ignore the current
         token's entry themselves, unless something must first rewrite the log-scores
         (temperature / top-p) or the steps are the dense reference ops."""
-        return (settings.shaping.identity and not settings.use_reference and graph.fused
-                and hasattr(model, "log_score_parts") and getattr(self.step, "takes_parts", False))
+        return folds(model, graph, settings, self.step)
 
     def run(self, net, graph, noise, x, frozen, settings):
         """Denoise one window x [B, W] (frozen [B, W] or None): (x, evaluations)."""
@@ -95,16 +97,19 @@ def get_predictor(name: str) -> Predictor:
     return PREDICTORS[name]
 
 
-def _as_float(v) -> float:
-    return float(v.item() if isinstance(v, torch.Tensor) else v)
-
-
-register("euler", lambda noise, t, t_next, dt: _as_float(noise.rate(t)) * dt,
+register("euler", lambda noise, t, t_next, dt: as_float(noise.rate(t)) * dt,
          doc="τ-leaping with the rate at t: δσ = σ̇(t)·Δt")
-register("analytic", lambda noise, t, t_next, dt: _as_float(noise.total(t) - noise.total(t_next)),
+register("analytic", lambda noise, t, t_next, dt: as_float(noise.total(t) - noise.total(t_next)),
          doc="Tweedie τ-leaping over the exact noise of the interval: δσ = σ̄(t) − σ̄(t')")
 register("first_hitting", loop=first_hitting, graphs=("absorb",), reads=("tokens_per_step",),
          doc="exact unmasking times (absorbing): one position per evaluation, ≤ L evaluations")
+register("confidence", loop=confidence, graphs=("absorb",),
+         reads=("tokens_per_step", "threshold", "rank_by", "greedy"),
+         doc="the most confident masked positions first (Fast-dLLM's threshold, LLaDA's k per "
+             "call); exact with one position per call")
+register("remdm", loop=remdm, graphs=("absorb",), reads=("remask", "eta", "loop"),
+         doc="ReMDM's remasking steps (cap, rescale, conf, loop): more calls, better samples; "
+             "σ = 0 is the analytic predictor")
 
 
 def grid_window(pred, net, graph, noise, x, frozen, settings):
@@ -112,21 +117,9 @@ def grid_window(pred, net, graph, noise, x, frozen, settings):
     (settings.denoise); replayed from one CUDA-graph capture with settings.cuda_graph.
     The sampler builds x and dsigma itself: the kernels' host checks (a device sync each on
     CUDA) are skipped."""
-    B, dev, s = x.shape[0], x.device, settings
-    generator, use_reference = s.generator, s.use_reference
-
-    def per_sequence(v):
-        return torch.full((B,), float(v), device=dev)
-
-    fold = pred.folds(net.model, graph, s)
-
-    def scores_at(x, sigma):
-        if fold:
-            log_score, parts = net.step_scores(x, per_sequence(sigma))
-            return log_score, dict(parts, validate=False)
-        return s.shaping.scores(net.log_score(x, per_sequence(sigma)), x, graph), {}
-
-    captured = CapturedStep(net, graph, pred, x, frozen, generator) if s.cuda_graph else None
+    s = settings
+    move = Mover(net, graph, frozen, s, pred.step)
+    captured = CapturedStep(net, graph, pred, x, frozen, s.generator) if s.cuda_graph else None
     dt = (1 - s.eps) / s.steps
     grid = torch.linspace(1, s.eps, s.steps + 1, dtype=torch.float64)
     for k in range(s.steps):
@@ -134,14 +127,10 @@ def grid_window(pred, net, graph, noise, x, frozen, settings):
         if captured is not None:
             x = captured(x, float(noise.total(t)), float(pred.dsigma(noise, t, grid[k + 1], dt)))
         else:
-            log_score, parts = scores_at(x, noise.total(t))
-            dsigma = per_sequence(pred.dsigma(noise, t, grid[k + 1], dt))
-            x = pred.step(graph, log_score, x, dsigma, generator, frozen, use_reference, **parts)
+            x = move(x, noise.total(t), pred.dsigma(noise, t, grid[k + 1], dt))
         if s.progress is not None:
             s.progress.update(1)
     if s.denoise:
         sigma = float(noise.total(grid[-1]))
-        log_score, parts = scores_at(x, sigma)
-        x = graph.step("denoise", log_score, x, per_sequence(sigma), generator, frozen,
-                       use_reference=use_reference, **parts)
+        x = move(x, sigma, sigma, kind="denoise")
     return x, s.steps + int(s.denoise)
