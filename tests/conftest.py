@@ -62,6 +62,17 @@ def small_cfg(out, **kw):
     return TrainConfig.from_preset("tiny", **base)
 
 
+def random_ddit(V, parametrisation="score", L=24, n_blocks=2, std=0.3):
+    """A small DDiT (H 32, 2 heads) with every parameter drawn N(0, std), far from the zero
+    initialisation (so its scores are neither uniform nor tiny), in eval mode."""
+    from sedd.nn import DDiT, ModelConfig
+    model = DDiT(ModelConfig(vocab_size=V, hidden_size=32, n_blocks=n_blocks, n_heads=2,
+                             cond_dim=16, max_length=L, parametrisation=parametrisation)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=std)
+    return model
+
+
 def script(name, *args, **kw):
     """Run a door of python/ (sample.py, evaluate.py, ...) as a user would."""
     import subprocess

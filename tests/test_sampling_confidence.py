@@ -12,9 +12,10 @@ from sedd.core.graphs import Absorbing
 from sedd.core.noise import LogLinear
 from sedd.data.language import BlockLanguageOracle, LanguageOracle, builtin_language
 from sedd.families import get_family
-from sedd.nn import DDiT, ModelConfig
 from sedd.sampling import sample
 from sedd.sampling.confidence import confidences
+
+from conftest import random_ddit
 
 LANG = builtin_language()
 ORACLE = LanguageOracle(LANG)
@@ -127,10 +128,7 @@ def test_a_ddit_decodes_through_the_projection_of_masked_rows(parametrisation):
     """On a DDiT (σ-conditioned, and clean with and without the exact cache): no mask left, calls
     = ⌈L/k⌉, the temperature / top-p path runs, the same seed gives the same tokens."""
     g = Absorbing(20)
-    model = DDiT(ModelConfig(vocab_size=g.V, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
-                             max_length=12, parametrisation=parametrisation)).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    model = random_ddit(g.V, parametrisation, L=12)
     runs = []
     for cache in (True, False):
         x, s = sample(model, g, LogLinear(), 3, 12, 12, "confidence", tokens_per_step=3,

@@ -9,25 +9,18 @@ import torch
 from sedd.core.graphs import Absorbing
 from sedd.core.noise import LogLinear
 from sedd.data.language import LanguageOracle, builtin_language
-from sedd.nn import DDiT, ModelConfig
 from sedd.sampling import sample
 from sedd.sampling.dual_cache import DualCache
 
+from conftest import random_ddit
+
 G = Absorbing(40)
-
-
-def ddit(parametrisation, L=32):
-    model = DDiT(ModelConfig(vocab_size=G.V, hidden_size=32, n_blocks=3, n_heads=2, cond_dim=16,
-                             max_length=L, parametrisation=parametrisation)).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    return model
 
 
 @pytest.mark.parametrize("parametrisation", ["score", "clean"])
 @pytest.mark.parametrize("lo,hi", [(0, 8), (8, 16), (24, 32)])
 def test_the_partial_pass_after_a_refresh_is_the_full_pass(parametrisation, lo, hi):
-    model = ddit(parametrisation)
+    model = random_ddit(G.V, parametrisation, L=32, n_blocks=3)
     x = torch.randint(0, G.n, (3, 32))
     x[:, 12:] = G.mask
     sigma = torch.tensor([0.4, 1.1, 3.0])
@@ -50,7 +43,7 @@ def test_the_partial_pass_after_a_refresh_is_the_full_pass(parametrisation, lo, 
 
 @pytest.mark.parametrize("predictor", ["confidence", "first_hitting", "analytic"])
 def test_a_refresh_at_every_call_is_the_uncached_sampler(predictor):
-    model = ddit("clean")
+    model = random_ddit(G.V, "clean", L=32, n_blocks=3)
     runs = [sample(model, G, LogLinear(), 3, 32, 32, predictor, block_length=8, cache=False,
                    generator=torch.Generator().manual_seed(2), return_stats=True, **kw)
             for kw in (dict(kv_cache="none"), dict(kv_cache="dual", refresh=1))]
@@ -64,7 +57,7 @@ def test_dual_calls_cost_the_sub_block_and_sub_blocks_go_left_to_right():
     pass per sub-block (B·32 positions) and 7 partial ones (B·8 each); without the cache every
     call is a full pass. The suffix is still masked while a sub-block is denoised: a call's σ
     for a σ-conditioned model reads the window's masked share."""
-    model = ddit("clean")
+    model = random_ddit(G.V, "clean", L=32, n_blocks=3)
     kw = dict(generator=torch.Generator().manual_seed(3), return_stats=True, block_length=8)
     _, s_none = sample(model, G, LogLinear(), 2, 32, 32, "first_hitting", kv_cache="none", **kw)
     x, s_dual = sample(model, G, LogLinear(), 2, 32, 32, "first_hitting", kv_cache="dual", **kw)
@@ -75,7 +68,7 @@ def test_dual_calls_cost_the_sub_block_and_sub_blocks_go_left_to_right():
 
 
 def test_dual_cache_with_every_predictor_and_a_prefix():
-    model = ddit("score")
+    model = random_ddit(G.V, "score", L=32, n_blocks=3)
     tokens = torch.randint(0, G.n, (1, 32))
     given = torch.zeros(1, 32, dtype=torch.bool)
     given[:, :5] = True
@@ -86,7 +79,7 @@ def test_dual_cache_with_every_predictor_and_a_prefix():
 
 
 def test_bad_settings_are_one_clear_error():
-    model = ddit("clean")
+    model = random_ddit(G.V, "clean", L=32, n_blocks=3)
     cases = [(dict(kv_cache="triple"), "kv_cache must be 'dual' or 'none'"),
              (dict(refresh=2), "refresh applies to kv_cache='dual'"),
              (dict(kv_cache="dual", refresh=0), "refresh must be >= 1"),

@@ -7,22 +7,15 @@ import torch
 
 from sedd.core.graphs import Absorbing, Uniform
 from sedd.core.noise import Geometric, LogLinear
-from sedd.nn import DDiT, ModelConfig
 from sedd.sampling import NetworkView, sample
 
-
-def ddit(parametrisation, V, L=24):
-    model = DDiT(ModelConfig(vocab_size=V, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
-                             max_length=L, parametrisation=parametrisation)).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    return model
+from conftest import random_ddit
 
 
 @pytest.mark.parametrize("parametrisation", ["score", "clean"])
 def test_the_rows_projected_alone_equal_the_whole_output(parametrisation):
     g = Absorbing(40)
-    model = ddit(parametrisation, g.V)
+    model = random_ddit(g.V, parametrisation)
     x = torch.randint(0, g.V, (3, 24))
     x[:, ::3] = g.mask
     sigma = torch.tensor([0.3, 1.5, 4.0])
@@ -47,7 +40,7 @@ def test_the_same_tokens_as_with_every_row_computed(predictor, case):
     the same tokens (each row keeps its place in the block, so its randomness), and skips the
     call when nothing can move (here the denoiser after the last step)."""
     g = Absorbing(40)
-    model = ddit("clean" if case == "clean" else "score", g.V)
+    model = random_ddit(g.V, "clean" if case == "clean" else "score")
     kw = dict(temperature=0.7, top_p=0.8) if case == "temperature" else {}
     if case == "infill":
         tokens = torch.randint(0, g.n, (1, 24))
@@ -68,7 +61,7 @@ def test_graphs_that_move_every_position_and_the_reference_steps_project_every_r
     """The uniform graph moves every position and the reference steps are dense: all rows are
     computed, as before (calls and tokens equal with and without all_rows)."""
     g = Uniform(30)
-    model = ddit("score", g.V)
+    model = random_ddit(g.V, "score")
     for kw in (dict(graph=g, noise=Geometric()),
                dict(graph=Absorbing(29), noise=LogLinear(), use_reference=True)):
         runs = [sample(model, kw["graph"], kw["noise"], 2, 24, 8, "analytic", cache=False,

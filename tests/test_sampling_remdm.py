@@ -12,29 +12,22 @@ import torch
 from sedd.core.graphs import Absorbing
 from sedd.core.noise import LogLinear
 from sedd.data.language import LanguageOracle, builtin_language
-from sedd.nn import DDiT, ModelConfig
 from sedd.sampling import sample
 from sedd.sampling.remdm import Profile
+
+from conftest import random_ddit
 
 LANG = builtin_language()
 ORACLE = LanguageOracle(LANG)
 GRAPH = Absorbing(LANG.n)
 
 
-def ddit(parametrisation, V, L=16):
-    model = DDiT(ModelConfig(vocab_size=V, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
-                             max_length=L, parametrisation=parametrisation)).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    return model
-
-
 @pytest.mark.parametrize("remask", ["cap", "rescale"])
 @pytest.mark.parametrize("case", ["score", "clean-cached", "clean", "oracle", "temperature"])
 def test_sigma_zero_is_the_analytic_predictor_bit_for_bit(remask, case):
     g = GRAPH if case == "oracle" else Absorbing(20)
-    model = ORACLE if case == "oracle" else ddit("score" if case in ("score", "temperature")
-                                                 else "clean", g.V)
+    model = ORACLE if case == "oracle" else random_ddit(
+        g.V, "score" if case in ("score", "temperature") else "clean", L=16)
     kw = dict(cache=case != "clean", return_stats=True)
     if case == "temperature":
         kw.update(temperature=0.7, top_p=0.9)
@@ -49,7 +42,8 @@ def test_sigma_zero_is_the_analytic_predictor_bit_for_bit(remask, case):
 @pytest.mark.parametrize("remask", ["cap", "rescale", "conf", "loop"])
 def test_every_schedule_ends_unmasked_in_steps_plus_one_calls(remask):
     g = Absorbing(20)
-    x, s = sample(ddit("score", g.V), g, LogLinear(), 3, 16, 32, "remdm", remask=remask,
+    model = random_ddit(g.V, "score", L=16)
+    x, s = sample(model, g, LogLinear(), 3, 16, 32, "remdm", remask=remask,
                   generator=torch.Generator().manual_seed(2), return_stats=True)
     assert int(x.max()) < g.n and s.evaluations == 33 and s.network_calls <= 33
 
@@ -61,7 +55,7 @@ def test_remasking_keeps_the_marginal_share_of_unmasked_positions():
     too, where α stays at α_on while tokens are remasked and unmasked."""
     L, N, steps = 16, 2000, 40
     noise, g = LogLinear(1e-3), Absorbing(20)
-    model = ddit("clean", g.V)
+    model = random_ddit(g.V, "clean", L=16)
     t_half = float(torch.linspace(1, 1e-5, steps + 1, dtype=torch.float64)[steps // 2])
     for remask, eta in (("rescale", 0.0), ("rescale", 0.9), ("cap", 0.2), ("loop", 0.3)):
         # the first half of the grid: `steps // 2` steps ending at t_half, no denoiser

@@ -79,8 +79,8 @@ class DualCache:
             h = m.vocab_embed(x[:, lo:hi])
             rotary = m.rotary_emb(hi - lo, x.device, start=lo)
             for block, (ko, vo) in zip(m.blocks, self.kept):
-                h = block(h, rotary, c,
-                          kv=lambda k, v, ko=ko, vo=vo: (torch.cat([ko, k], 2), torch.cat([vo, v], 2)))
+                h = block(h, rotary, c, kv=lambda k, v, ko=ko, vo=vo: (
+                    torch.cat([ko, k], 2), torch.cat([vo, v], 2)))
         return m.output_layer.modulated(h, c)
 
     def log_score_parts(self, x, sigma, out=None, rows=None):

@@ -168,7 +168,8 @@ class NetworkView:
         if bias is not None:
             out = out + bias
         if shift is not None:
-            out = out + shift.index_select(0, torch.div(idx, x.shape[1], rounding_mode="floor"))[:, None]
+            seq = torch.div(idx, x.shape[1], rounding_mode="floor")
+            out = out + shift.index_select(0, seq)[:, None]
         return out.scatter_(-1, cur[:, None], 0.0)
 
 
