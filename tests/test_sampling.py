@@ -33,6 +33,27 @@ def test_sample_cli_with_prefix_and_suffix(run_dir, tmp_path):
         assert max(row["tokens"]) < graph.n                     # never the mask
 
 
+@pytest.mark.parametrize("flags,calls", [
+    (["--predictor", "confidence", "--tokens-per-step", "2"], "network calls: 12 of 12"),
+    (["--predictor", "confidence", "--threshold", "0.2", "--rank-by", "margin"], None),
+    (["--predictor", "remdm", "--steps", "48", "--remask", "rescale", "--eta", "0.1"],
+     "of 49 evaluations"),
+    (["--predictor", "confidence", "--tokens-per-step", "1", "--kv-cache", "dual",
+      "--block-length", "8", "--refresh", "4"], "network calls: 23 of 23"),
+])
+def test_sample_cli_fewer_calls(run_dir, tmp_path, flags, calls):
+    """The issue-27 predictors and the dual cache from the command line, with a prefix: the
+    prefix kept, no mask left, the calls as promised (printed on stderr)."""
+    out = tmp_path / "s.jsonl"
+    r = script("sample.py", "--checkpoint", str(run_dir), "--num-samples", "2", "--prefix", "the",
+               "--out", str(out), "--device", "cpu", *flags)
+    assert r.returncode == 0, r.stderr
+    tok, n = load(str(run_dir)).tokenizer, load(str(run_dir)).graph.n
+    for row in (json.loads(line) for line in out.read_text().splitlines()):
+        assert row["tokens"][0] == tok.encode("the")[0] and max(row["tokens"]) < n
+    assert calls is None or calls in r.stderr, r.stderr
+
+
 def test_infill_template(run_dir):
     tok = load(str(run_dir)).tokenizer
     tokens, given, L = condition_from(tok, 0, infill="the [____:3] shonger [__] .")
