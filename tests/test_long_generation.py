@@ -296,7 +296,8 @@ def test_per_sequence_cache_runs_only_the_changed_sequences():
     from test_sampling_cache import tiny_model
     model, graph, noise = tiny_model(seed=2), Absorbing(40), LogLinear()
     B, L = 8, 16
-    runs = {c: sample(model, graph, noise, B, L, 256, cache=c, return_stats=True,
+    # uncached with all_rows: a call of all B sequences at every one of the 257 evaluations
+    runs = {c: sample(model, graph, noise, B, L, 256, cache=c, return_stats=True, all_rows=not c,
                       generator=torch.Generator().manual_seed(3)) for c in (True, False)}
     (xc, sc), (xu, su) = runs[True], runs[False]
     assert torch.equal(xc, xu)

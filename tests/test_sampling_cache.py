@@ -252,7 +252,7 @@ def test_clean_checkpoint_loads_for_inference_and_samples_with_the_cache(clean_r
     assert model.config.parametrisation == "clean" and cfg["train"]["parametrisation"] == "clean"
     ema = trainer.ema_model.state_dict()
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
-    rows = {}
+    rows, calls = {}, {}
     for flag in ([], ["--no-cache"]):
         path = tmp_path / f"s{len(flag)}.jsonl"
         r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "sample.py"),
@@ -261,7 +261,8 @@ def test_clean_checkpoint_loads_for_inference_and_samples_with_the_cache(clean_r
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         rows[bool(flag)] = [json.loads(line)["tokens"] for line in path.read_text().splitlines()]
-        calls = int(r.stderr.split("network calls: ")[1].split()[0])
-        assert (calls == 97) if flag else (calls < 97), r.stderr
+        calls[bool(flag)] = int(r.stderr.split("network calls: ")[1].split()[0])
+    # uncached: a call per step while a position can move (≤ 97); cached: far fewer
+    assert calls[False] < calls[True] / 2 and calls[True] <= 97, calls
     assert rows[True] == rows[False]
     assert all(row[0] == tok.encode("the")[0] and max(row) < graph.n for row in rows[True])
