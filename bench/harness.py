@@ -5,8 +5,8 @@ one summary table per suite printed at the end of the session (markdown, ready f
 and written to $SEDD_BENCH_JSON when set.
 
 Size levels — each suite picks its shapes and cases by `level(device)`:
-- "quick": CPU, the default — the whole of `pytest bench/ --benchmark-only` in ≤ 10 minutes on
-  2 cores (smaller B·L, fp32, fewer rounds; the same ops and baselines).
+- "quick": CPU, the default — each suite in a few minutes on 2 cores (smaller B·L, fp32, fewer
+  rounds; the same ops and baselines; bench/README.md gives the times).
 - "full":  CPU with `--bench-full` (or SEDD_BENCH_FULL=1) — the matrix bench/README.md's CPU tables
   come from (an hour or more on 2 cores).
 - "gpu":   CUDA devices — the paper's shapes ([8, 1024, 50258] and up); what device_check.sh runs.
