@@ -62,13 +62,13 @@ def test_remasking_keeps_the_marginal_share_of_unmasked_positions():
         x = sample(model, g, noise, N, L, steps // 2, "remdm", remask=remask, eta=eta,
                    denoise=False, eps=t_half, generator=torch.Generator().manual_seed(3))
         share = (x != g.mask).double().mean().item()
-        a = Profile(noise, remask, None, t_half).alpha(t_half)
+        a = Profile(noise, remask, None).alpha(t_half)
         assert abs(share - a) < 4 * math.sqrt(a * (1 - a) / (N * L)) + 0.005, (remask, share, a)
 
 
 def test_the_loop_profile():
     noise = LogLinear(1e-3)
-    p = Profile(noise, "loop", (0.6, 0.1, 0.8), 1e-5)
+    p = Profile(noise, "loop", (0.6, 0.1, 0.8))
     assert p.alpha(0.6) == pytest.approx(0.8) and p.alpha(0.3) == pytest.approx(0.8)
     assert p.alpha(0.05) == pytest.approx(0.9) and p.alpha(0.0) == pytest.approx(1.0)
     assert p.looping(0.3) and not p.looping(0.7) and not p.looping(0.05)

@@ -105,18 +105,20 @@ class DDiT(nn.Module):
         analytic σ shift of log_score_from_clean (what the sampler's exact cache relies on)."""
         return self.config.time_independent
 
-    def trunk(self, x, sigma):
+    def trunk(self, x, sigma, kv=None, start=0):
         """Everything up to the output projection: hidden states [B, L, H] and the condition c.
         Time-independent ("clean"): σ is ignored and c = SiLU(sigma_map(0)) for every input, a
         learned constant, so the adaLN layers become learned constant modulations (the parameter
-        layout stays the paper's)."""
+        layout stays the paper's). kv: per block, a function (k, v) -> (k, v) its attention
+        applies (the dual cache keeps or splices keys and values there); start: the position of
+        x's first token (x a slice of a longer window)."""
         h = self.vocab_embed(x)
         if self.time_independent:
             sigma = torch.zeros(x.shape[0], device=x.device)
         c = F.silu(self.sigma_map(sigma))
-        rotary = self.rotary_emb(x.shape[1], x.device)
-        for block in self.blocks:
-            h = block(h, rotary, c)
+        rotary = self.rotary_emb(x.shape[1], x.device, start=start)
+        for i, block in enumerate(self.blocks):
+            h = block(h, rotary, c, kv=None if kv is None else kv[i])
         return h, c
 
     def log_score_offset(self, sigma):

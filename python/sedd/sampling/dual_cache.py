@@ -23,7 +23,6 @@ approximate)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 class DualCache:
@@ -55,13 +54,10 @@ class DualCache:
         return torch.cat([t[:, :, :self.lo], t[:, :, self.hi:]], 2)
 
     def hidden(self, x, sigma):
-        """What the projection reads at the sub-block's positions, [B, K, H], and the condition."""
+        """What the projection reads at the sub-block's positions, [B, K, H]."""
         m, lo, hi = self.model, self.lo, self.hi
         full = self._full_next()
         self.calls += 1
-        if self.time_independent:
-            sigma = torch.zeros(x.shape[0], device=x.device)
-        c = F.silu(m.sigma_map(sigma))
         if full:
             kept = []
 
@@ -69,18 +65,13 @@ class DualCache:
                 kept.append((self._outside(k), self._outside(v)))
                 return k, v
 
-            h = m.vocab_embed(x)
-            rotary = m.rotary_emb(x.shape[1], x.device)
-            for block in m.blocks:
-                h = block(h, rotary, c, kv=keep)
+            h, c = m.trunk(x, sigma, kv=[keep] * len(m.blocks))
             self.kept = kept if self.use_kv else None
             h = h[:, lo:hi]
         else:
-            h = m.vocab_embed(x[:, lo:hi])
-            rotary = m.rotary_emb(hi - lo, x.device, start=lo)
-            for block, (ko, vo) in zip(m.blocks, self.kept):
-                h = block(h, rotary, c, kv=lambda k, v, ko=ko, vo=vo: (
-                    torch.cat([ko, k], 2), torch.cat([vo, v], 2)))
+            splice = [lambda k, v, ko=ko, vo=vo: (torch.cat([ko, k], 2), torch.cat([vo, v], 2))
+                      for ko, vo in self.kept]
+            h, c = m.trunk(x[:, lo:hi], sigma, kv=splice, start=lo)
         return m.output_layer.modulated(h, c)
 
     def log_score_parts(self, x, sigma, out=None, rows=None):
@@ -124,6 +115,6 @@ def check(model, kv_cache, block_length, refresh):
     if refresh is not None and kv_cache != "dual":
         raise ValueError("refresh applies to kv_cache='dual' (--kv-cache dual)")
     if kv_cache == "dual" and not all(hasattr(model, a) for a in
-                                      ("blocks", "vocab_embed", "rotary_emb", "project")):
+                                      ("trunk", "blocks", "output_layer", "project")):
         raise ValueError("kv_cache='dual' (--kv-cache dual) needs a full-window DDiT "
                          f"(got {type(model).__name__})")

@@ -61,7 +61,7 @@ class Profile:
     """α(t) and the network's σ̄(t) along the grid: the noise schedule's (cap, rescale, conf),
     or the loop's three pieces."""
 
-    def __init__(self, noise, remask, loop, eps):
+    def __init__(self, noise, remask, loop):
         self.noise, self.loop = noise, (tuple(loop or DEFAULT_LOOP) if remask == "loop" else None)
         self.alpha_1 = math.exp(-float(noise.total(torch.tensor(1.0, dtype=torch.float64))))
 
@@ -94,7 +94,7 @@ def remdm(net, graph, noise, x, frozen, settings):
     B, W = x.shape
     M, dev = graph.mask, x.device
     eta = s.eta if s.eta is not None else DEFAULT_ETA.get(s.remask, 0.0)
-    prof = Profile(noise, s.remask, s.loop, s.eps)
+    prof = Profile(noise, s.remask, s.loop)
     move = Mover(net, graph, frozen, s)
     keep = frozen if frozen is not None else torch.zeros_like(x, dtype=torch.bool)
     psi = torch.full((B, W), math.inf, device=dev)       # conf: each token's probability
