@@ -90,7 +90,9 @@ class _SharedConfig:
     cond_dim: int | None = option("override the preset's width of the noise condition",
                                   check=positive_int)
     dropout: float | None = option("override the preset's dropout", check=unit_interval)
-    fsdp: bool = option("FullyShardedDataParallel instead of DDP (GPUs, torchrun)", False)
+    fsdp: bool = option("FSDP2 instead of DDP under torchrun: weights, gradients, AdamW state and "
+                        "EMA sharded over the processes, sharded checkpoints (CPUs with gloo, "
+                        "GPUs with NCCL and bf16 compute)", False)
     compile: bool = option("torch.compile the model (trunk + fused loss, fullgraph; the first "
                            "steps pay the compilation)", False)
     progress: bool = option("no progress bar", True, flag="--no-progress")

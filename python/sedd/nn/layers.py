@@ -75,7 +75,7 @@ PARAMETRISATIONS = ("score", "clean")
 OLD_ARCH = {"ddit": "sedd"}     # ModelConfig.arch of older checkpoints -> family
 
 
-def compile_model(model: nn.Module, *, training: bool) -> nn.Module:
+def compile_model(model: nn.Module, *, training: bool, blocks: bool = False) -> nn.Module:
     """torch.compile the network in place with fullgraph=True (a graph break is an error: the
     fused ops are custom ops with fake kernels, traced like aten ops). training: the method the
     network names in `training_entry`, else `forward` — for the DDiT with the fused loss that is
@@ -84,7 +84,14 @@ def compile_model(model: nn.Module, *, training: bool) -> nn.Module:
     method the network names in `sampling_entry` (the DDiT's `trunk`: the sampler reads
     DDiT.log_score_parts, whose product feeds the fused step; else `forward`). Parameters and
     state_dict are untouched (checkpoints, EMA copies and the paper's layout see the plain
-    module). Idempotent."""
+    module). Idempotent. blocks: each of the network's `blocks` compiled on its own instead (FSDP2
+    runs its gather / reduce hooks between them, outside the graphs)."""
+    if blocks:
+        if getattr(model, "_sedd_compiled", None) != "blocks":
+            for block in model.blocks:
+                block.forward = torch.compile(block.forward, fullgraph=True)
+            model._sedd_compiled = "blocks"
+        return model
     name = getattr(model, "training_entry" if training else "sampling_entry", "forward")
     if getattr(model, "_sedd_compiled", None) == name:
         return model

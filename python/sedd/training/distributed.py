@@ -1,5 +1,12 @@
 """Where a training process runs: torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK), its
-device, the process group (NCCL on GPUs, gloo on CPUs) and the DDP / FSDP wrapper."""
+device, the process group (NCCL on GPUs, gloo on CPUs), the DDP or FSDP2 wrapper, and the few
+collectives the loop itself needs (the mean loss, one stop decision for every rank).
+
+FSDP2 (`fully_shard`) shards each transformer block and then the whole network (embedding, σ
+map, output layer), so a rank holds 1/world of every weight, gradient and AdamW moment; the EMA
+copy is sharded the same way (its update is a foreach lerp over matching shards). On GPUs the
+blocks compute in bf16 and reduce gradients in fp32 over fp32 master weights; on CPUs everything
+stays fp32 (gloo), which is what the tests run."""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -57,17 +66,91 @@ class Distributed:
             dev = f"cuda:{local_rank}"
             torch.cuda.set_device(local_rank)
         d = cls(world, rank, local_rank, torch.device(dev))
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo")
+        if world > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo")
+            d._flags = (dist.new_group(backend="gloo") if d.device.type == "cuda"
+                        else dist.group.WORLD)
         return d
 
-    def wrap(self, model: torch.nn.Module, fsdp: bool = False) -> torch.nn.Module:
-        """The model as the loss sees it: itself, DDP, or FSDP (GPUs)."""
+    def __post_init__(self):
+        self._flags = None
+
+    def sharding(self, fsdp: bool) -> bool:
+        """Whether --fsdp shards this run (it needs more than one process)."""
+        return bool(fsdp) and self.world > 1
+
+    def wrap(self, model: torch.nn.Module, fsdp: bool = False,
+             ema: torch.nn.Module | None = None) -> torch.nn.Module:
+        """The model as the loss sees it: itself (one process), DDP, or the model sharded in
+        place by FSDP2 (then `ema`, a copy of it, is sharded the same way)."""
         if self.world == 1:
             return model
         if fsdp:
-            if self.device.type != "cuda":
-                raise ValueError("--fsdp needs CUDA devices")
-            return FullyShardedDataParallel(model)
+            for m in (model, ema):
+                if m is not None:
+                    shard_fsdp2(m, self.device)
+            return model
         return DistributedDataParallel(
             model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+
+    # ---- the loop's own collectives
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over the ranks of a scalar (the logged loss: every rank's micro-batches)."""
+        if self.world == 1:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        return value / self.world
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on one (a stop signal seen by some ranks only:
+        every rank leaves the loop after the same step). A gloo group of its own, so a GPU run
+        pays no device synchronisation for it."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._flags)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The units FSDP2 shards one by one: the network's `blocks`."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"--fsdp: {type(model).__name__} has no `blocks` to shard")
+    return list(blocks)
+
+
+def shard_fsdp2(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """fully_shard each transformer block, then the whole network (in place). GPUs: bf16
+    compute, fp32 gradient reduction, fp32 master weights."""
+    kw = {}
+    if device.type == "cuda":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                               reduce_dtype=torch.float32)
+    for block in transformer_blocks(model):
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 shards this network (its parameters are DTensors)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gather_module(model: torch.nn.Module, build, dist_: Distributed):
+    """An FSDP2-sharded network gathered whole on rank 0 (every rank calls it): `build()` makes
+    a plain network of the same shape, which gets the full weights; None on other ranks."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                               cpu_offload=True))
+    if not dist_.is_main:
+        return None
+    plain = build().to(dist_.device)
+    plain.load_state_dict(full, strict=True)
+    return plain.eval().requires_grad_(False)

@@ -27,9 +27,10 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def estimate_memory(cfg, model_cfg, device: str = "cpu") -> dict:
-    """A rough upper estimate of a run's memory in bytes, by part: weights with gradients, AdamW
-    state and the EMA copy (5 fp32 copies); activations kept for backward (about 20 values per
+def estimate_memory(cfg, model_cfg, device: str = "cpu", shards: int = 1) -> dict:
+    """A rough upper estimate of a process's memory in bytes, by part: weights with gradients,
+    AdamW state and the EMA copy (5 fp32 copies; FSDP2 over `shards` processes keeps 1/shards
+    of them, plus the two blocks it gathers whole at a time); activations kept for backward (about 20 values per
     token, width and block: bf16 under CUDA autocast, fp32 on the CPU) and the [tokens, V]
     log-score block (a chunk of rows when the projection is fused); the built-in corpus's
     sequences (int64, generated once)."""
@@ -38,7 +39,9 @@ def estimate_memory(cfg, model_cfg, device: str = "cpu") -> dict:
     tokens = cfg.batch_size * cfg.seq_len
     act = 2 if str(device).startswith("cuda") else 4
     fused = getattr(cfg, "fused_linear", True)
-    parts = {"weights, gradients, optimizer, EMA": 20 * params,
+    block = 12 * H * H + 6 * H * C + 13 * H
+    state = 20 * params if shards <= 1 else 20 * params / shards + 2 * 2 * act * block
+    parts = {"weights, gradients, optimizer, EMA": state,
              "activations": act * 20 * tokens * H * n,
              "log-scores": 4 * 3 * V * (min(tokens, 1024) if fused else tokens)}
     if cfg.data == "builtin":
@@ -46,12 +49,14 @@ def estimate_memory(cfg, model_cfg, device: str = "cpu") -> dict:
     return parts
 
 
-def check_memory(cfg, model_cfg, device) -> None:
+def check_memory(cfg, model_cfg, device, shards: int = 1) -> None:
     """Refuse a run that cannot fit, naming the parts and the flags that shrink it."""
-    parts = estimate_memory(cfg, model_cfg, str(device))
+    parts = estimate_memory(cfg, model_cfg, str(device), shards)
     total, have = sum(parts.values()), available_memory(str(device))
     if total > 0.9 * have:
         detail = ", ".join(f"{k} {gib(v)}" for k, v in parts.items())
         raise ValueError(f"--batch-size {cfg.batch_size} x --seq-len {cfg.seq_len} would need "
                          f"about {gib(total)} ({detail}), more than the {gib(have)} available "
-                         f"on {device}; lower --seq-len or --batch-size (or raise --accum)")
+                         f"on {device}; lower --seq-len or --batch-size (or raise --accum)"
+                         + ("" if shards > 1 else "; under torchrun, --fsdp shards the weights "
+                            "and optimizer"))

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 
-def final_report(trainer, num_samples=4, bound_sequences=128, timesteps=32, seed=0):
-    x, texts = trainer.samples(num_samples)
+def final_report(trainer, num_samples=4, bound_sequences=128, timesteps=32, seed=0, model=None):
+    """model: the network to report on (default the trainer's EMA copy)."""
+    model = model or trainer.ema_model
+    x, texts = trainer.samples(num_samples, model=model)
     print("\nsamples:")
     for t in texts:
         print("  " + t)
@@ -23,7 +25,7 @@ def final_report(trainer, num_samples=4, bound_sequences=128, timesteps=32, seed
     valid = np.isfinite(nll_samples)
     data = trainer.corpus.valid
     x0 = torch.stack([data[i] for i in range(min(bound_sequences, len(data)))]).to(trainer.device)
-    bound, prior, _ = trainer.family.nll(trainer.ema_model, x0,
+    bound, prior, _ = trainer.family.nll(model, x0,
                                          torch.Generator().manual_seed(seed), timesteps)
     exact = -lang.log_likelihood(x0.cpu().numpy())
     per_tok = bound.mean().item() / L

@@ -19,14 +19,16 @@ import warnings
 import torch
 
 from ..config import TrainConfig
+from ..core import faults
 from ..data.corpora import load_corpus
 from ..data.language import builtin_language
 from ..families import build_model
 from ..loading import load, read_config
 from ..nn.layers import compile_model
 from .batches import Batches, step_seed
-from .checkpoints import apply_training, check_resume, read_training, run_config, save_training
-from .distributed import Distributed
+from .checkpoints import (apply_training, check_resume, read_training, run_config, save_sharded,
+                          save_training)
+from .distributed import Distributed, gather_module
 from .memory import check_memory
 from .metrics import MetricsLogger, write_samples
 from .report import final_report
@@ -69,12 +71,13 @@ class Trainer:
         self.dist = Distributed.setup(cfg.device)
         self.device, self.is_main = self.dist.device, self.dist.is_main
         self.world, self.rank = self.dist.world, self.dist.rank
+        self.sharded = self.dist.sharding(cfg.fsdp)
+        self.shards = self.world if self.sharded else 1
         torch.manual_seed(cfg.seed)
         init = read_config(cfg.init_from) if cfg.init_from else None
-        if init is not None:                     # refuse a run that cannot fit, before allocating
-            check_memory(cfg, cfg.model_config(init.V), self.device)
-        elif cfg.data == "builtin":
-            check_memory(cfg, cfg.model_config(cfg.vocab_size(builtin_language().n)), self.device)
+        if init is not None or cfg.data == "builtin":    # refuse a run that cannot fit, early
+            V = init.V if init is not None else cfg.vocab_size(builtin_language().n)
+            check_memory(cfg, cfg.model_config(V), self.device, self.shards)
         self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
                                   cache_dir=cfg.cache_dir)
         tok = self.corpus.tokenizer
@@ -86,7 +89,7 @@ class Trainer:
             self.family = cfg.family_class().for_config(cfg, tok.n)
             self.model_cfg = cfg.model_config(self.family.network_vocab_size(tok.n))
             if cfg.data != "builtin":
-                check_memory(cfg, self.model_cfg, self.device)
+                check_memory(cfg, self.model_cfg, self.device, self.shards)
         self.run = run_config(cfg, self.model_cfg, self.family, tok.n)
         self.model = build_model(self.model_cfg).to(self.device)
         if init is not None and not cfg.resume:
@@ -95,20 +98,20 @@ class Trainer:
             if self.is_main:
                 print(f"initialised from {p.path} ({p.weights} weights, {init.layout} layout)")
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
-        if cfg.compile:
-            compile_model(self.model, training=True)   # after the EMA copy: that stays eager
+        self.wrapped = self.dist.wrap(self.model, self.sharded, ema=self.ema_model)
+        if cfg.compile:          # after the EMA copy (that stays eager); FSDP2: block by block
+            compile_model(self.model, training=True, blocks=self.sharded)
         self.opt = adamw(self.model.parameters(), cfg.lr)
         self.step = 0
         self.ckpt_root = os.path.join(cfg.out, "checkpoints")
         self.batches = Batches(self.corpus, cfg, self.world, self.rank)
         if cfg.resume:
             self._resume()
-        self.wrapped = self.dist.wrap(self.model, cfg.fsdp)
         self.autocast = self.device.type == "cuda"
 
     # the family's process, under the names used before the family seam
-    graph = property(lambda self: getattr(self.family, "graph", None))
-    noise = property(lambda self: getattr(self.family, "noise", None))
+    graph, noise = (property(lambda self, k=k: getattr(self.family, k, None))
+                    for k in ("graph", "noise"))
 
     @property
     def objective(self):
@@ -118,15 +121,21 @@ class Trainer:
 
     # ---- checkpoints
     def save(self):
+        """Every rank calls it: sharded, each writes its shard; else rank 0 writes."""
+        if self.sharded:
+            return save_sharded(self.ckpt_root, self.step, self.model, self.ema_model, self.opt,
+                                self.run.to_dict(), self.dist)
         if self.is_main:
             return save_training(self.ckpt_root, self.step, self.model, self.ema_model, self.opt,
                                  self.run.to_dict())
         return None
 
     def _resume(self):
-        weights, ema, state, saved, path = read_training(self.cfg.out, map_location=self.device)
+        weights, ema, state, saved, path = read_training(
+            self.cfg.out, map_location="cpu" if self.sharded else self.device)
         check_resume(saved, self.run, path)
-        self.step = apply_training(self.model, self.ema_model, self.opt, weights, ema, state)
+        self.step = apply_training(self.model, self.ema_model, self.opt, weights, ema, state,
+                                   path, sharded=self.sharded)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
@@ -147,8 +156,8 @@ class Trainer:
         cfg = self.cfg
         self.wrapped.train()
         total = torch.zeros((), device=self.device)
-        for micro in range(cfg.accum):
-            seed = step_seed(cfg.seed, self.step, micro, self.rank)
+        for micro in range(cfg.accum):     # the step's micro-batch micro·world + rank (batches)
+            seed = step_seed(cfg.seed, self.step, micro * self.world + self.rank)
             torch.manual_seed(seed)                      # dropout: a function of the step
             gen = torch.Generator().manual_seed(seed)
             x0 = self.batch(self.step, micro)
@@ -156,14 +165,16 @@ class Trainer:
                                 enabled=self.autocast):
                 loss = self.family.loss(self.wrapped, x0, gen, scale=1.0 / cfg.accum)
             loss.backward()
+            faults.point("step")
             total += loss.detach().float()
         return total
 
     def clip(self) -> torch.Tensor:
         """The gradient norm, clipped to --grad-clip: one foreach norm and one foreach scale over
         all gradients (no per-parameter loop), the norm left on the device."""
-        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip,
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip,
                                               foreach=True)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm   # FSDP2: a DTensor
 
     def optimizer_step(self):
         """AdamW, then the EMA; the step count moves on."""
@@ -193,9 +204,16 @@ class Trainer:
             losses.append(self.family.eval_loss(self.ema_model, x0.to(self.device), gen).item())
         return sum(losses) / max(1, len(losses))
 
-    def samples(self, num=4, steps=None):
+    def inference_model(self):
+        """The EMA network whole on this process; sharded: gathered on rank 0 (every rank
+        calls it), None elsewhere."""
+        if not self.sharded:
+            return self.ema_model
+        return gather_module(self.ema_model, lambda: build_model(self.model_cfg), self.dist)
+
+    def samples(self, num=4, steps=None, model=None):
         gen = torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.seed, 5, self.step))
-        x = self.family.preview(self.ema_model, num, self.cfg.seq_len,
+        x = self.family.preview(model or self.ema_model, num, self.cfg.seq_len,
                                 steps or self.cfg.sample_steps, gen, self.device)
         return x, [self.corpus.tokenizer.decode(row.tolist()) for row in x.cpu()]
 
@@ -218,26 +236,30 @@ class Trainer:
                 self.optimizer_step()                               # step (+ EMA)
                 eval_loss = self.eval_loss() if self.due(cfg.eval_every) else ""     # eval
                 if self.due(cfg.log_every) or eval_loss != "":      # log (reads the device)
-                    loss_value = float(loss)
+                    loss_value = float(self.dist.mean(loss))
                     if not math.isfinite(loss_value):
                         raise FloatingPointError(f"loss became {loss_value} at step {self.step}")
                     log.log(self.step, loss_value, eval_loss, lr, float(grad_norm))
                 log.advance()
-                if self.is_main and self.step % cfg.sample_every == 0:              # sample
-                    write_samples(cfg.out, self.step, self.samples()[1])
+                if self.step % cfg.sample_every == 0:               # sample
+                    model = self.inference_model()
+                    if self.is_main:
+                        write_samples(cfg.out, self.step, self.samples(model=model)[1])
                 if self.step % cfg.save_every == 0:                 # save
                     self.save()
+                stop.requested = self.dist.any(stop.requested)      # one decision for all ranks
             self.save()
         if stop.requested:
             if self.is_main:
                 print(f"\nstopped at step {self.step}; checkpoint saved in {self.ckpt_root}")
             return
+        model = self.inference_model() if cfg.final_report else None
         if self.is_main:
             log.plot()
             if cfg.final_report:
-                self.report()
+                self.report(model=model)
 
-    def report(self, num_samples=4, bound_sequences=128, timesteps=32):
+    def report(self, num_samples=4, bound_sequences=128, timesteps=32, model=None):
         """Samples, and on the built-in corpus the likelihood figure vs the exact entropy."""
         final_report(self, num_samples, bound_sequences, timesteps,
-                     seed=step_seed(self.cfg.seed, 11))
+                     seed=step_seed(self.cfg.seed, 11), model=model or self.ema_model)
