@@ -92,7 +92,7 @@ def test_nothing_is_written_beside_the_data(tmp_path, monkeypatch):
     c = load_corpus(str(data), "bpe:300", 16)
     assert os.listdir(data) == ["a.txt"]
     cached = sorted(os.listdir(tmp_path / "cache"))
-    assert [f.split("-")[0] for f in cached] == ["bpe", "tokens"]
+    assert [f.split("-")[0] for f in cached] == ["bpe", "tokens", "tokens"]    # + its record
     assert c.tokenizer.decode(c.tokenizer.encode("To be, or not to be")) == "To be, or not to be"
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)

@@ -107,8 +107,10 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert all(torch.equal(e1[k], e2[k]) for k in e1)
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
-    """SIGTERM stops the run after the current step with a checkpoint; --resume continues."""
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, signum):
+    """SIGTERM (or Ctrl-C's SIGINT) stops the run after the current step with a checkpoint;
+    --resume continues."""
     import signal
     import time
     out = tmp_path / "run"
@@ -123,7 +125,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
         if (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signum))
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log
     assert "stopped at step" in log

@@ -73,6 +73,9 @@ class _SharedConfig:
     init_from: str | None = option("fine-tune: start from this checkpoint's weights (any layout; "
                                    "EMA initialised from them)")
     init_weights: str = option("which weights of --init-from", "ema", choices=["ema", "raw"])
+    data_workers: int | None = option("processes that tokenize a corpus the first time (default: "
+                                      "the CPUs this process may use, at most 8)",
+                                      check=positive_int)
     cache_dir: str | None = option("token files and trained tokenizers (default $SEDD_CACHE or "
                                    "~/.cache/sedd)")
     device: str | None = option("cpu, cuda or cuda:N (default: cuda if available)")

@@ -10,12 +10,17 @@ from __future__ import annotations
 import os
 import signal
 
+# point: (where it is, which ranks reach it)
 POINTS = {
-    "step": "after the first micro-batch's backward, before the optimizer step",
-    "checkpoint.shards": "after the sharded training state is written, before the weights",
-    "checkpoint.weights": "after model.safetensors, before ema.safetensors",
-    "checkpoint.promote": "with every file written, before the folder is renamed into place",
-    "checkpoint.latest": "after the rename, before the `latest` pointer moves",
+    "step": ("after a micro-batch's backward, before the optimizer step", "every rank"),
+    "checkpoint.shards": ("after the sharded training state is written (--fsdp), before the "
+                          "weights are gathered", "every rank"),
+    "checkpoint.weights": ("after model.safetensors, before ema.safetensors", "rank 0"),
+    "checkpoint.promote": ("with every file written, before the folder is renamed into place",
+                           "rank 0"),
+    "checkpoint.latest": ("after the rename, before the `latest` pointer moves", "rank 0"),
+    "prepare.part": ("after a part of a token file is tokenized (sedd.data.prepare)",
+                     "the preparing process"),
 }
 
 _counts: dict[str, int] = {}

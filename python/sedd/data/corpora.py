@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .language import Language, LanguageDataset, builtin_language
+from .prepare import DatasetDocuments, TextFiles, prepare_tokens
 
 HF_NAMES = {
     "openwebtext": ("openwebtext", None, "train"),
@@ -112,25 +113,24 @@ class HFTokenizer(Tokenizer):
     """A tokenizer of `transformers` (GPT-2 by default) or a `tokenizers` JSON file."""
 
     def __init__(self, name_or_path: str = "gpt2"):
-        if name_or_path.endswith(".json"):
+        self.raw = name_or_path.endswith(".json")      # a `tokenizers` file, else transformers
+        if self.raw:
             from tokenizers import Tokenizer as Tok
             self.tok = Tok.from_file(name_or_path)
-            self._enc = lambda t: self.tok.encode(t).ids
-            self._dec = lambda ids: self.tok.decode(ids)
             self.n = self.tok.get_vocab_size()
             self.eos = self.tok.token_to_id("<|endoftext|>")
         else:
             from transformers import AutoTokenizer
             self.tok = AutoTokenizer.from_pretrained(name_or_path)
-            self._enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]
-            self._dec = lambda ids: self.tok.decode(ids)
             self.n, self.eos = len(self.tok), self.tok.eos_token_id
 
     def encode(self, text):
-        return self._enc(text)
+        if self.raw:
+            return self.tok.encode(text).ids
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def decode(self, ids):
-        return self._dec([int(i) for i in ids if 0 <= int(i) < self.n])
+        return self.tok.decode([int(i) for i in ids if 0 <= int(i) < self.n])
 
 
 class CharTokenizer(Tokenizer):
@@ -260,22 +260,6 @@ def text_files(path):
 
 
 
-def tokenize_to_cache(documents, tokenizer, cache_path: str) -> np.memmap:
-    """Tokenize documents once, joined with EOS, into a uint32 token file (memory-mapped)."""
-    if not os.path.exists(cache_path) or os.path.getsize(cache_path) == 0:
-        tmp = cache_path + ".tmp"
-        with open(tmp, "wb") as fh:
-            for doc in documents:
-                ids = tokenizer.encode(doc)
-                if tokenizer.eos is not None:
-                    ids = list(ids) + [tokenizer.eos]
-                np.asarray(ids, dtype=np.uint32).tofile(fh)
-        os.replace(tmp, cache_path)
-    if os.path.getsize(cache_path) == 0:
-        return np.zeros(0, dtype=np.uint32)
-    return np.memmap(cache_path, dtype=np.uint32, mode="r")
-
-
 class PackedBlocks(torch.utils.data.Dataset):
     """Consecutive blocks of `length` tokens of a token file (documents packed across blocks)."""
 
@@ -302,23 +286,20 @@ class Corpus:
 
 def load_corpus(data: str, tokenizer: str, length: int, seed: int = 0,
                 cache_dir: str | None = None, train_size: int = 20_000,
-                valid_size: int = 1_000) -> Corpus:
-    """'builtin' (default), a local text file/folder, or a Hugging Face datasets name."""
+                valid_size: int = 1_000, workers: int | None = None,
+                progress: bool = True) -> Corpus:
+    """'builtin' (default), a local text file/folder, or a Hugging Face datasets name. The text
+    is tokenized once, by `workers` processes, into a checked token file (sedd.data.prepare)."""
     if data == "builtin":
         lang = builtin_language(seed=0)     # the language itself is fixed; seeds pick samples
         return Corpus(LanguageDataset(lang, train_size, length, seed=1000 + seed),
                       LanguageDataset(lang, valid_size, length, seed=2000 + seed),
                       WordTokenizer(lang), lang)
+    tokens, tok = corpus_tokens(data, tokenizer, cache_dir, workers, progress)
     if data in HF_NAMES or data.startswith("hf:"):
-        return _hf_corpus(data, tokenizer, length, cache_dir)
-    files = text_files(data)
-    if all(os.path.getsize(f) == 0 for f in files):
-        raise ValueError(f"--data {data}: empty (no text to train on)")
-    tok = get_tokenizer(tokenizer, files, cache_dir)
-    folder = cache_folder(cache_dir)
-    key = f"{_digest(files)}-{type(tok).__name__}-{tok.n}-{tokenizer_digest(tok)}"
-    docs = (open(f, encoding="utf-8", errors="replace").read() for f in files)
-    tokens = tokenize_to_cache(docs, tok, os.path.join(folder, f"tokens-{key}.u32"))
+        split_at = int(len(tokens) * 0.995)
+        return Corpus(PackedBlocks(tokens[:split_at], length), PackedBlocks(tokens[split_at:], length),
+                      tok)
     if len(tokens) < 2 * length:
         raise ValueError(f"--data {data}: {len(tokens)} tokens, fewer than two blocks of "
                          f"--seq-len {length} (one to train on, one held out)")
@@ -327,22 +308,38 @@ def load_corpus(data: str, tokenizer: str, length: int, seed: int = 0,
     return Corpus(PackedBlocks(tokens[:split], length), PackedBlocks(tokens[split:], length), tok)
 
 
+def corpus_tokens(data: str, tokenizer, cache_dir: str | None = None, workers: int | None = None,
+                  progress: bool = True):
+    """(the token file of a local text file/folder or a `datasets` corpus, its tokenizer): built
+    by `workers` processes the first time (python/prepare.py runs just this), then read."""
+    if data in HF_NAMES or data.startswith("hf:"):
+        return _hf_tokens(data, tokenizer, cache_dir, workers, progress)
+    files = text_files(data)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise ValueError(f"--data {data}: empty (no text to train on)")
+    tok = get_tokenizer(tokenizer, files, cache_dir)
+    folder = cache_folder(cache_dir)
+    key = f"{_digest(files)}-{type(tok).__name__}-{tok.n}-{tokenizer_digest(tok)}"
+    tokens = prepare_tokens(TextFiles(files), tok, os.path.join(folder, f"tokens-{key}.u32"),
+                            workers, progress, describe=data)
+    return tokens, tok
+
+
 def tokenizer_digest(tok) -> str:
     """Tells tokenizers of one class and size apart (a BPE trained on other text, a ranks file)."""
     probe = "The quick brown fox, 1234 — ünïcode."
     return hashlib.sha256(repr(tok.encode(probe)).encode()).hexdigest()[:8]
 
 
-def _hf_corpus(name, tokenizer, length, cache_dir):
+def _hf_tokens(name, tokenizer, cache_dir, workers, progress):
     from datasets import load_dataset
     path, config, split = HF_NAMES.get(name, (name[3:], None, "train"))
     ds = load_dataset(path, config, split=split)
     field = "text" if "text" in ds.column_names else ds.column_names[0]
-    detok = DETOKENIZERS.get(name, lambda s: s)
     tok = get_tokenizer(tokenizer)
-    cache_dir = cache_folder(cache_dir)
-    tokens = tokenize_to_cache((detok(r[field]) for r in ds), tok,
-                               os.path.join(cache_dir, f"{name}-{type(tok).__name__}-{tok.n}-"
-                                                       f"{tokenizer_digest(tok)}.u32"))
-    split_at = int(len(tokens) * 0.995)
-    return Corpus(PackedBlocks(tokens[:split_at], length), PackedBlocks(tokens[split_at:], length), tok)
+    key = name if name in HF_NAMES else "hf-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    cache = os.path.join(cache_folder(cache_dir), f"{key}-{len(ds)}-{type(tok).__name__}-{tok.n}-"
+                                                  f"{tokenizer_digest(tok)}.u32")
+    tokens = prepare_tokens(DatasetDocuments(ds, field, DETOKENIZERS.get(name)), tok, cache,
+                            workers, progress, describe=name)
+    return tokens, tok

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from ..data.corpora import (DETOKENIZERS, HF_NAMES, cache_folder, get_tokenizer, load_corpus,
-                           tokenize_to_cache, tokenizer_digest)
+                           tokenizer_digest)
+from ..data.prepare import DatasetDocuments, prepare_tokens
 from ..data.language import Language
 from ..families import family_of
 from .genppl import exact_language_nll, score_texts, unigram_entropy
@@ -107,10 +108,10 @@ def _hf_split_tokens(name: str, split: str, tokenizer, cache_dir: str | None) ->
     except ValueError as e:
         raise ValueError(f"{name}: cannot load split {split!r} of {path}: {e}") from e
     field = "text" if "text" in ds.column_names else ds.column_names[0]
-    detok = DETOKENIZERS.get(name, lambda s: s)
     cache = os.path.join(cache_folder(cache_dir), f"{name}-{split}-{type(tokenizer).__name__}-"
                                                    f"{tokenizer.n}-{tokenizer_digest(tokenizer)}.u32")
-    return tokenize_to_cache((detok(r[field]) for r in ds), tokenizer, cache)
+    return prepare_tokens(DatasetDocuments(ds, field, DETOKENIZERS.get(name)), tokenizer, cache,
+                          describe=f"{name} {split}")
 
 
 def evaluation_set(protocol: str, data: str, tokenizer: str, length: int, num: int = 0,

@@ -64,6 +64,19 @@ def adamw(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, foreach=True, **kw)
 
 
+def corpus_of(cfg, dist: Distributed):
+    """The run's corpus; rank 0 tokenizes a new one (sedd.data.prepare), then the others read
+    its checked token file."""
+    corpus = None
+    for turn in (True, False):
+        if dist.is_main == turn:
+            corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
+                                 cache_dir=cfg.cache_dir, workers=cfg.data_workers,
+                                 progress=cfg.progress and dist.is_main)
+        dist.barrier()
+    return corpus
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
@@ -78,8 +91,7 @@ class Trainer:
         if init is not None or cfg.data == "builtin":    # refuse a run that cannot fit, early
             V = init.V if init is not None else cfg.vocab_size(builtin_language().n)
             check_memory(cfg, cfg.model_config(V), self.device, self.shards)
-        self.corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
-                                  cache_dir=cfg.cache_dir)
+        self.corpus = corpus_of(cfg, self.dist)
         tok = self.corpus.tokenizer
         if init is not None:
             init.check_tokenizer(tok, cfg.tokenizer if cfg.data != "builtin" else "builtin")
@@ -249,9 +261,9 @@ class Trainer:
                     self.save()
                 stop.requested = self.dist.any(stop.requested)      # one decision for all ranks
             self.save()
-        if stop.requested:
-            if self.is_main:
-                print(f"\nstopped at step {self.step}; checkpoint saved in {self.ckpt_root}")
+        if stop.requested:                  # every rank says it (each saved its part)
+            who = f"rank {self.rank}: " if self.world > 1 else ""
+            print(f"\n{who}stopped at step {self.step}; checkpoint saved in {self.ckpt_root}")
             return
         model = self.inference_model() if cfg.final_report else None
         if self.is_main:
