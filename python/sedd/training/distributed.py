@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -137,11 +136,6 @@ def shard_fsdp2(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
         fully_shard(block, **kw)
     fully_shard(model, **kw)
     return model
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether FSDP2 shards this network (its parameters are DTensors)."""
-    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def gather_module(model: torch.nn.Module, build, dist_: Distributed):

@@ -114,7 +114,7 @@ class Trainer:
         if cfg.compile:          # after the EMA copy (that stays eager); FSDP2: block by block
             compile_model(self.model, training=True, blocks=self.sharded)
         self.opt = adamw(self.model.parameters(), cfg.lr)
-        self.step = 0
+        self.step, self.saved_step = 0, None
         self.ckpt_root = os.path.join(cfg.out, "checkpoints")
         self.batches = Batches(self.corpus, cfg, self.world, self.rank)
         if cfg.resume:
@@ -133,21 +133,23 @@ class Trainer:
 
     # ---- checkpoints
     def save(self):
-        """Every rank calls it: sharded, each writes its shard; else rank 0 writes."""
-        if self.sharded:
-            return save_sharded(self.ckpt_root, self.step, self.model, self.ema_model, self.opt,
-                                self.run.to_dict(), self.dist)
-        if self.is_main:
-            return save_training(self.ckpt_root, self.step, self.model, self.ema_model, self.opt,
-                                 self.run.to_dict())
-        return None
+        """Every rank calls it (sharded: each writes its shard; else rank 0 writes), once per
+        step: a checkpoint is never rewritten in place (`latest` may name it)."""
+        if self.step != self.saved_step:
+            self.saved_step = self.step
+            args = (self.ckpt_root, self.step, self.model, self.ema_model, self.opt,
+                    self.run.to_dict())
+            if self.sharded:
+                save_sharded(*args, self.dist)
+            elif self.is_main:
+                save_training(*args)
 
     def _resume(self):
         weights, ema, state, saved, path = read_training(
             self.cfg.out, map_location="cpu" if self.sharded else self.device)
         check_resume(saved, self.run, path)
-        self.step = apply_training(self.model, self.ema_model, self.opt, weights, ema, state,
-                                   path, sharded=self.sharded)
+        self.step = self.saved_step = apply_training(self.model, self.ema_model, self.opt, weights,
+                                                     ema, state, path, sharded=self.sharded)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
@@ -217,8 +219,7 @@ class Trainer:
         return sum(losses) / max(1, len(losses))
 
     def inference_model(self):
-        """The EMA network whole on this process; sharded: gathered on rank 0 (every rank
-        calls it), None elsewhere."""
+        """The EMA network whole; sharded: gathered on rank 0 (all ranks call it), else None."""
         if not self.sharded:
             return self.ema_model
         return gather_module(self.ema_model, lambda: build_model(self.model_cfg), self.dist)
@@ -240,8 +241,9 @@ class Trainer:
         log = MetricsLogger(cfg.out, enabled=self.is_main, total_steps=cfg.steps,
                             start_step=self.step, progress=cfg.progress,
                             tokens_per_step=cfg.batch_size * cfg.accum * cfg.seq_len * self.world)
+        stopping = False               # what every rank agreed (a signal may reach one only)
         with log, _StopOnSignal() as stop:
-            while self.step < cfg.steps and not stop.requested:
+            while self.step < cfg.steps and not stopping:
                 lr = self.set_lr()                                  # lr
                 loss = self.forward_backward()                      # forward / backward
                 grad_norm = self.clip()                             # clip
@@ -259,9 +261,9 @@ class Trainer:
                         write_samples(cfg.out, self.step, self.samples(model=model)[1])
                 if self.step % cfg.save_every == 0:                 # save
                     self.save()
-                stop.requested = self.dist.any(stop.requested)      # one decision for all ranks
+                stopping = self.dist.any(stop.requested)            # one decision for all ranks
             self.save()
-        if stop.requested:                  # every rank says it (each saved its part)
+        if stopping:                        # every rank says it (each saved its part)
             who = f"rank {self.rank}: " if self.world > 1 else ""
             print(f"\n{who}stopped at step {self.step}; checkpoint saved in {self.ckpt_root}")
             return
