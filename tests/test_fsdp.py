@@ -27,11 +27,16 @@ TRAIN = os.path.join(ROOT, "python", "train.py")
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def train(out, procs, *flags, check=True):
-    cmd = [sys.executable, TRAIN] if procs == 1 else \
+def train(out, procs, *flags, check=True, torchrun=False):
+    cmd = [sys.executable, TRAIN] if procs == 1 and not torchrun else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
          f"--nproc_per_node={procs}", TRAIN]
-    r = subprocess.run(cmd + FLAGS + ["--out", str(out), *flags], capture_output=True, text=True,
+    flags = list(flags)
+    if "--device" in flags:            # this test's device instead of FLAGS' cpu
+        base = [f for i, f in enumerate(FLAGS) if f != "--device" and FLAGS[i - 1] != "--device"]
+    else:
+        base = FLAGS
+    r = subprocess.run(cmd + base + ["--out", str(out), *flags], capture_output=True, text=True,
                        env=ENV, timeout=600)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -173,3 +178,32 @@ def test_fsdp_with_compile(runs, tmp_path):
     """--compile under FSDP2 compiles each block (fullgraph) and trains as the eager run does."""
     train(tmp_path / "c", 2, "--steps", "2", "--accum", "2", "--fsdp", "--compile")
     assert_close(weights(tmp_path / "c", 2), weights(runs / "cut", 2))
+
+
+def test_fsdp_under_torchrun_of_one_process(runs, tmp_path):
+    """torchrun of one process with --fsdp shards over a world of one (the way FSDP2's bf16
+    policy runs on a single GPU); it trains as the plain process does."""
+    out = tmp_path / "one"
+    train(out, 1, "--steps", "4", "--accum", "4", "--fsdp", torchrun=True)
+    state = torch.load(out / "checkpoints" / "step-00000004" / "state.pt", weights_only=False)
+    assert state["sharded"] == {"world": 1}
+    assert_close(weights(out, 4), weights(runs / "one", 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fsdp_cuda_bf16_policy_trains_and_resumes(tmp_path):
+    """On a GPU (NCCL, one process): FSDP2 computes the blocks in bf16 over fp32 master
+    weights, trains, writes fp32 weights, and resumes from its sharded checkpoint. The resumed
+    run matches the uninterrupted one to bf16 accuracy (CUDA reductions are not ordered)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    flags = ["--device", "cuda", "--fsdp", "--hidden-size", "64", "--n-heads", "4"]
+    train(a, 1, "--steps", "6", *flags, torchrun=True)
+    train(b, 1, "--steps", "3", *flags, torchrun=True)
+    r = train(b, 1, "--steps", "6", "--resume", *flags, torchrun=True)
+    assert "at step 3" in r.stdout
+    la = losses(a)[0]
+    assert np.isfinite(la).all() and la[-1] < la[0]
+    wa, wb = weights(a, 6), weights(b, 6)
+    assert all(v.dtype == torch.float32 for v in wa.values())
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=2e-2, atol=2e-3, msg=k)

@@ -65,7 +65,7 @@ class Distributed:
             dev = f"cuda:{local_rank}"
             torch.cuda.set_device(local_rank)
         d = cls(world, rank, local_rank, torch.device(dev))
-        if world > 1:
+        if world > 1 or "TORCHELASTIC_RUN_ID" in os.environ:     # torchrun, even of 1 process
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo")
             d._flags = (dist.new_group(backend="gloo") if d.device.type == "cuda"
@@ -76,19 +76,20 @@ class Distributed:
         self._flags = None
 
     def sharding(self, fsdp: bool) -> bool:
-        """Whether --fsdp shards this run (it needs more than one process)."""
-        return bool(fsdp) and self.world > 1
+        """Whether --fsdp shards this run: under torchrun (a process group), even of one
+        process (FSDP2's mixed precision on one GPU); a plain `python train.py` is not sharded."""
+        return bool(fsdp) and dist.is_initialized()
 
     def wrap(self, model: torch.nn.Module, fsdp: bool = False,
              ema: torch.nn.Module | None = None) -> torch.nn.Module:
         """The model as the loss sees it: itself (one process), DDP, or the model sharded in
         place by FSDP2 (then `ema`, a copy of it, is sharded the same way)."""
-        if self.world == 1:
-            return model
         if fsdp:
             for m in (model, ema):
                 if m is not None:
                     shard_fsdp2(m, self.device)
+            return model
+        if self.world == 1:
             return model
         return DistributedDataParallel(
             model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
