@@ -41,6 +41,7 @@ def worker(argv):
     hwm = int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
     print(f"MEMORY rank {t.rank} world {t.world} sharded {t.sharded} state {state} peak {hwm}",
           flush=True)
+    t.dist.close()
 
 
 def main():

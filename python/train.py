@@ -28,7 +28,9 @@ def parse_args(argv=None):
 
 
 def _main(argv=None):
-    Trainer(from_args(parse_args(argv))).fit()
+    trainer = Trainer(from_args(parse_args(argv)))
+    trainer.fit()
+    trainer.dist.close()
 
 
 def main(argv=None):

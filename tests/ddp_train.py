@@ -18,7 +18,7 @@ if __name__ == "__main__":
     t = Trainer(from_args(parse_args(sys.argv[1:])))
     t.fit()
     if t.sharded:           # FSDP2: each rank holds shards; the checkpoint holds the whole weights
-        dist.barrier()
+        t.dist.close()
         sys.exit(0)
     flat = torch.cat([p.detach().double().flatten().cpu() for p in t.model.parameters()])
     mine = torch.tensor([float(flat.sum()), float((flat * flat).sum()), float(flat[::97].sum())],
@@ -29,4 +29,4 @@ if __name__ == "__main__":
         same = all(torch.equal(every[0], v) for v in every)
         with open(os.path.join(t.cfg.out, "ranks.txt"), "w") as fh:
             fh.write(f"world {t.world} step {t.step} identical_weights {same}\n")
-    dist.barrier()
+    t.dist.close()

@@ -117,6 +117,13 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group (every rank, after its last collective): a process that exits
+        with gloo's threads still running can abort (std::terminate) after its work is done."""
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The units FSDP2 shards one by one: the network's `blocks`."""
