@@ -1,6 +1,8 @@
 """Peak memory per process of DDP and FSDP2 (--fsdp) on CPUs: torchrun with N gloo processes
-trains a few steps of a preset on the built-in language, and every rank reports its peak
-resident memory (VmHWM) and the bytes its parameters, gradients, AdamW state and EMA hold.
+builds a preset's trainer on the built-in language and runs a few optimizer steps, and every rank
+reports the bytes its parameters, gradients, AdamW state and EMA hold, its peak resident memory
+(VmHWM) once built, and the peak over the steps alone (the peak restarted after building, through
+/proc/self/clear_refs, so it starts at the resident memory then).
 
     python bench/fsdp_memory.py                      # small preset, 2 processes, 3 steps
     python bench/fsdp_memory.py --preset medium --procs 4
@@ -18,6 +20,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def peak() -> int:
+    """This process's peak resident memory (VmHWM), bytes."""
+    return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+
 def worker(argv):
     """Inside torchrun: train, then print this rank's memory."""
     sys.path.insert(0, os.path.join(ROOT, "python"))
@@ -27,7 +34,13 @@ def worker(argv):
     from sedd.training import Trainer
 
     t = Trainer(from_args(parse_args(argv)))
-    t.fit()
+    built = peak()
+    import gc
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:     # restart the peak: training's own
+        fh.write("5")
+    for _ in range(t.cfg.steps):       # the steps alone (no eval, samples or checkpoint)
+        t.train_step()
 
     def nbytes(p):
         p = p.to_local() if hasattr(p, "to_local") else p      # FSDP2: this rank's shard
@@ -38,9 +51,8 @@ def worker(argv):
     adam = sum(nbytes(v) for s in t.opt.state.values() for v in s.values()
                if isinstance(v, torch.Tensor))
     state = 2 * params + ema + adam       # the gradients: one per parameter during a step
-    hwm = int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-    print(f"MEMORY rank {t.rank} world {t.world} sharded {t.sharded} state {state} peak {hwm}",
-          flush=True)
+    print(f"MEMORY rank {t.rank} world {t.world} sharded {t.sharded} state {state} "
+          f"built {built} peak {peak()}", flush=True)
     t.dist.close()
 
 
@@ -58,21 +70,23 @@ def main():
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={a.procs}", os.path.abspath(__file__), "--worker",
                "--preset", a.preset, "--steps", str(a.steps), "--batch-size", "1",
-               "--seq-len", str(a.seq_len), "--device", "cpu", "--out", f"{a.out}/{mode}",
+               "--seq-len", str(a.seq_len), "--data", "builtin", "--device", "cpu", "--out", f"{a.out}/{mode}",
                "--no-progress", "--no-report", "--eval-every", "100000", "--sample-every",
                "100000", "--save-every", "100000", "--dropout", "0"]
         cmd += ["--fsdp"] if mode == "fsdp" else []
         r = subprocess.run(cmd, capture_output=True, text=True,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           env=dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072"))
         if r.returncode != 0:
             sys.exit(f"{mode}: {r.stderr[-2000:]}")
-        for m in re.finditer(r"MEMORY rank (\d+) world (\d+) sharded (\w+) state (\d+) peak (\d+)",
-                             r.stdout):
-            rows.append((mode, int(m.group(1)), int(m.group(4)), int(m.group(5))))
-    print("| mode | rank | parameters + gradients + AdamW + EMA | peak resident memory |")
-    print("|---|---|---|---|")
-    for mode, rank, state, peak in rows:
-        print(f"| {mode} | {rank} | {state / 2**30:.2f} GiB | {peak / 2**30:.2f} GiB |")
+        for m in re.finditer(r"MEMORY rank (\d+) world \d+ sharded \w+ state (\d+) built (\d+) "
+                             r"peak (\d+)", r.stdout):
+            rows.append((mode, *(int(g) for g in m.groups())))
+    print("| mode | rank | parameters + gradients + AdamW + EMA | peak RSS, building | "
+          "peak RSS, training |")
+    print("|---|---|---|---|---|")
+    for mode, rank, state, built, peak_ in sorted(rows):
+        print(f"| {mode} | {rank} | {state / 2**30:.2f} GiB | {built / 2**30:.2f} GiB | "
+              f"{peak_ / 2**30:.2f} GiB |")
 
 
 if __name__ == "__main__":
