@@ -207,3 +207,19 @@ def test_fsdp_cuda_bf16_policy_trains_and_resumes(tmp_path):
     assert all(v.dtype == torch.float32 for v in wa.values())
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=2e-2, atol=2e-3, msg=k)
+
+
+def test_memory_estimate_divides_the_state_by_the_shards():
+    """train.py's pre-flight estimate under --fsdp: the state per process falls with the world
+    size, down to the floor of building the whole network and its EMA copy once."""
+    from sedd.config import resolve_config
+    from sedd.training.memory import estimate_memory
+    cfg = resolve_config("medium", data="openwebtext", tokenizer="gpt2", batch_size=1,
+                         seq_len=1024)
+    mc = cfg.model_config(50258)
+    part = "weights, gradients, optimizer, EMA"
+    one, two, many = (estimate_memory(cfg, mc, "cuda", w)[part] for w in (1, 2, 64))
+    assert 0.5 * one < two < 0.55 * one
+    assert many == pytest.approx(0.4 * one)          # 8 of the 20 bytes per parameter
+    assert estimate_memory(cfg, mc, "cuda", 2)["activations"] == \
+        estimate_memory(cfg, mc, "cuda", 1)["activations"]

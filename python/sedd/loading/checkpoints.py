@@ -42,7 +42,10 @@ def staging_folder(root: str, name: str | None = None) -> str:
     for old in os.listdir(root):
         if old.startswith(".tmp-"):
             path = os.path.join(root, old)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
     if name is None:
         return tempfile.mkdtemp(dir=root, prefix=".tmp-")
     tmp = os.path.join(root, ".tmp-" + name)

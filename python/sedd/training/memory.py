@@ -30,7 +30,8 @@ def gib(n: float) -> str:
 def estimate_memory(cfg, model_cfg, device: str = "cpu", shards: int = 1) -> dict:
     """A rough upper estimate of a process's memory in bytes, by part: weights with gradients,
     AdamW state and the EMA copy (5 fp32 copies; FSDP2 over `shards` processes keeps 1/shards
-    of them, plus the two blocks it gathers whole at a time); activations kept for backward (about 20 values per
+    of them plus the two blocks it gathers whole at a time, after building the whole network and
+    its EMA copy once: 2 fp32 copies); activations kept for backward (about 20 values per
     token, width and block: bf16 under CUDA autocast, fp32 on the CPU) and the [tokens, V]
     log-score block (a chunk of rows when the projection is fused); the built-in corpus's
     sequences (int64, generated once)."""
@@ -40,7 +41,8 @@ def estimate_memory(cfg, model_cfg, device: str = "cpu", shards: int = 1) -> dic
     act = 2 if str(device).startswith("cuda") else 4
     fused = getattr(cfg, "fused_linear", True)
     block = 12 * H * H + 6 * H * C + 13 * H
-    state = 20 * params if shards <= 1 else 20 * params / shards + 2 * 2 * act * block
+    state = 20 * params if shards <= 1 else max(20 * params / shards + 2 * 2 * act * block,
+                                                8 * params)
     parts = {"weights, gradients, optimizer, EMA": state,
              "activations": act * 20 * tokens * H * n,
              "log-scores": 4 * 3 * V * (min(tokens, 1024) if fused else tokens)}
