@@ -53,7 +53,7 @@ def worker(argv):
     state = 2 * params + ema + adam       # the gradients: one per parameter during a step
     print(f"MEMORY rank {t.rank} world {t.world} sharded {t.sharded} state {state} "
           f"built {built} peak {peak()}", flush=True)
-    t.dist.close()
+    t.dist.exit_worker()
 
 
 def main():

@@ -30,7 +30,7 @@ def parse_args(argv=None):
 def _main(argv=None):
     trainer = Trainer(from_args(parse_args(argv)))
     trainer.fit()
-    trainer.dist.close()
+    trainer.dist.exit_worker()          # under torchrun: done, past the interpreter's teardown
 
 
 def main(argv=None):

@@ -132,16 +132,17 @@ def harness(workdir, kills=10, procs=2, fsdp=True, steps=None, save_every=5, see
             verbose=False) -> Outcome:
     """Kill and resume a run `kills` times; compare its end with an uninterrupted run's."""
     rng = random.Random(seed)
-    steps = steps or 10 * kills + 20
+    steps = steps or 20 * kills + 40
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("SEDD_FAULT", None)
     ref = os.path.join(workdir, "uninterrupted")
     rc, log, training = run(command(ref, steps, save_every, procs, fsdp, False),
                             os.path.join(workdir, "uninterrupted.log"), env)
     assert rc == 0, log[-3000:]
-    # timed kills fall in the first 2/(kills + 2) of a whole run's training time, so that a run
-    # of `steps` steps lasts about `kills` kills
-    window = 2 * training / (kills + 2)
+    # a launch moves on about `save_every` steps before its kill (a timed kill falls within the
+    # time of 2·save_every steps; a fault point within 2·save_every steps or 2 saves), so that a
+    # run of 20·kills steps outlasts its kills
+    window = 2 * save_every * training / steps
     out, result, t0 = os.path.join(workdir, "killed"), Outcome(), time.time()
     deck = []
     while True:
@@ -157,7 +158,7 @@ def harness(workdir, kills=10, procs=2, fsdp=True, steps=None, save_every=5, see
             if kind == "time":
                 kill_after = rng.uniform(0.0, window)
             else:
-                n = rng.randint(1, 2 * save_every) if kind == "step" else rng.randint(1, 3)
+                n = rng.randint(1, 2 * save_every) if kind == "step" else rng.randint(1, 2)
                 rank = rng.randrange(procs) if POINTS[kind][1] == "every rank" else 0
                 run_env = dict(env, SEDD_FAULT=f"{kind}:{rank}:{n}")
         rc, log, _ = run(cmd, os.path.join(workdir, f"launch-{result.launches}.log"), run_env,
@@ -169,9 +170,14 @@ def harness(workdir, kills=10, procs=2, fsdp=True, steps=None, save_every=5, see
                 f"launch {result.launches}: resumed from {m and m.group(1)}, latest was {before}"
             result.resumed_from.append(before)
         if rc == 0:
-            if latest_step(out) == steps:
-                break
-            raise AssertionError(f"launch {result.launches} ended before step {steps}: {log[-2000:]}")
+            if latest_step(out) != steps:
+                raise AssertionError(f"launch {result.launches} ended before step {steps}: "
+                                     f"{log[-2000:]}")
+            if result.kills < kills:
+                raise AssertionError(f"the run reached step {steps} after {result.kills} of "
+                                     f"{kills} kills (a kill armed past its end): give it more "
+                                     f"steps")
+            break
         assert "Traceback" not in log or kind is not None, log[-3000:]
         result.kills += 1
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1

@@ -11,7 +11,6 @@ import time
 import pytest
 
 import faults
-from conftest import ROOT
 
 
 def test_fsdp_two_processes_survive_ten_kills(tmp_path):
