@@ -181,7 +181,8 @@ def harness(workdir, kills=10, procs=2, fsdp=True, steps=None, save_every=5, see
         assert "Traceback" not in log or kind is not None, log[-3000:]
         result.kills += 1
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
-        check_complete(out) if latest_step(out) is not None else None
+        if latest_step(out) is not None:
+            check_complete(out)
         lost = last_logged_step(out) - (latest_step(out) or 0)
         assert 0 <= lost <= save_every, f"kill {result.kills} ({kind}): {lost} steps lost"
         result.lost.append(lost)

@@ -67,12 +67,12 @@ def adamw(params, lr: float) -> torch.optim.Optimizer:
 def corpus_of(cfg, dist: Distributed):
     """The run's corpus; rank 0 tokenizes a new one (sedd.data.prepare), then the others read
     its checked token file."""
-    corpus = None
-    for turn in (True, False):
-        if dist.is_main == turn:
-            corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
-                                 cache_dir=cfg.cache_dir, workers=cfg.data_workers,
-                                 progress=cfg.progress and dist.is_main)
+    if not dist.is_main:
+        dist.barrier()                  # rank 0 has built or checked the token file
+    corpus = load_corpus(cfg.data, cfg.tokenizer, cfg.seq_len, seed=cfg.seed,
+                         cache_dir=cfg.cache_dir, workers=cfg.data_workers,
+                         progress=cfg.progress and dist.is_main)
+    if dist.is_main:
         dist.barrier()
     return corpus
 
