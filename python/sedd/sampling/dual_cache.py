@@ -86,8 +86,8 @@ class DualCache:
             if bool(((i < self.lo) | (i >= self.hi)).any()):
                 raise ValueError("the dual cache computes the rows of its sub-block only")
             local = torch.div(rows, W, rounding_mode="floor") * K + (i - self.lo)
-            return self.model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, local)) \
-                + (offset,)
+            return self.model.project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, local),
+                                      out) + (offset,)
         prod, bias = self.model.project(hidden)
         whole = prod.new_zeros(B, W, prod.shape[-1])
         whole[:, self.lo:self.hi] = prod

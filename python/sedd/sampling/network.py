@@ -38,6 +38,7 @@ class NetworkView:
         self.calls = self.sequences = self.positions = 0
         self.held_x = self.held = None
         self.buffer = None      # step_scores' reused [B, W, V] block
+        self.scratch = None     # where step_scores(rows=) has the projection write its rows
 
     def _clean(self, x, need=None):
         """The clean log-probs of x [B, W, V]; only the rows of the sequences in `need` [B]
@@ -110,7 +111,13 @@ class NetworkView:
             if rows.numel() == 0:
                 return self.block(x), {"bias": None, "shift": None}
             self._count(x)
-            prod, bias, shift = self.model.log_score_parts(x, sigma, rows=rows)
+            # the product lands in a reused flat scratch (no fresh pages per step), then at its
+            # rows' places in the block
+            V = self.model.config.vocab_size
+            n = (x.numel() + 15) // 16 * 16 * V               # rows padded to a multiple of 16
+            if self.scratch is None or self.scratch.numel() < n:
+                self.scratch = torch.empty(n, device=x.device)
+            prod, bias, shift = self.model.log_score_parts(x, sigma, rows=rows, out=self.scratch)
             return self.block(x, prod, rows), {"bias": bias, "shift": shift}
         if not self.use_cache:
             if count:
@@ -164,12 +171,13 @@ class NetworkView:
             return ls.reshape(-1, ls.shape[-1]).index_select(0, idx)
         self._count(x)
         prod, bias, shift = self.model.log_score_parts(x, sigma, rows=idx)
-        out = prod.float()
+        # a fresh product (no out=: nothing else holds it), on the CPU a transposed view
+        out = prod.float().contiguous()
         if bias is not None:
-            out = out + bias
+            out += bias
         if shift is not None:
             seq = torch.div(idx, x.shape[1], rounding_mode="floor")
-            out = out + shift.index_select(0, seq)[:, None]
+            out += shift.index_select(0, seq)[:, None]
         return out.scatter_(-1, cur[:, None], 0.0)
 
 
