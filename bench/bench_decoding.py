@@ -35,39 +35,15 @@ import torch
 from sedd.core.graphs import Absorbing
 from sedd.core.noise import LogLinear
 from sedd.data.language import LanguageOracle, builtin_language
+from sedd.evaluation.decoding import DECODING
 
 from harness import ROWS, level, machine
 
 L = 64
 HERE = os.path.dirname(os.path.abspath(__file__))
-SETTINGS = {  # name: (predictor, steps as a multiple of L, settings); "quick" marks the subset
-    "first_hitting": ("first_hitting", 1, {}, True),
-    "analytic": ("analytic", 1, {}, True),
-    "confidence k=1": ("confidence", 1, dict(tokens_per_step=1), True),
-    "confidence k=2": ("confidence", 1, dict(tokens_per_step=2), False),
-    "confidence k=4": ("confidence", 1, dict(tokens_per_step=4), True),
-    "confidence k=8": ("confidence", 1, dict(tokens_per_step=8), False),
-    "confidence τ=0.5": ("confidence", 1, dict(threshold=0.5), False),
-    "confidence τ=0.7": ("confidence", 1, dict(threshold=0.7), False),
-    "confidence τ=0.9": ("confidence", 1, dict(threshold=0.9), False),
-    "confidence τ=0.99": ("confidence", 1, dict(threshold=0.99), False),
-    "confidence τ=0.1": ("confidence", 1, dict(threshold=0.1), True),
-    "confidence τ=0.05": ("confidence", 1, dict(threshold=0.05), False),
-    "confidence k=1 greedy": ("confidence", 1, dict(tokens_per_step=1, greedy=True), False),
-    "confidence k=1, sub-blocks 16": ("confidence", 1, dict(tokens_per_step=1, block_length=16),
-                                      True),
-    "confidence k=1, sub-blocks 16, dual cache": ("confidence", 1, dict(
-        tokens_per_step=1, block_length=16, kv_cache="dual"), True),
-    "confidence τ=0.9, sub-blocks 16": ("confidence", 1, dict(threshold=0.9, block_length=16),
-                                        False),
-    "confidence τ=0.9, sub-blocks 16, dual cache": ("confidence", 1, dict(
-        threshold=0.9, block_length=16, kv_cache="dual"), False),
-    "first_hitting, sub-blocks 16, dual cache": ("first_hitting", 1, dict(
-        block_length=16, kv_cache="dual"), False),
-    **{f"remdm {r} {m}L": ("remdm", m, dict(remask=r), r == "loop" or m == 1)
-       for r in ("cap", "rescale", "conf", "loop") for m in (1, 2, 4) if r == "loop" or m < 4},
-    "ar": (None, 1, {}, True),
-}
+# name: (predictor, steps as a multiple of L, settings, in the quick subset): the project's one
+# list (sedd.evaluation.decoding, which compare.py runs too) and the AR reference
+SETTINGS = {**DECODING, "ar": (None, 1, {}, True)}
 _STATE = {}
 
 

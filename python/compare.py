@@ -6,12 +6,13 @@ paper's claims: likelihood, sample quality against network evaluations, infillin
     python python/compare.py --preset small --data openwebtext --causal-lm gpt2-large   # GPUs
 
 Trains AR, SEDD-absorb and SEDD-uniform for the same tokens (the AR depth matched to the DDiT's
-non-embedding parameter count), then prints and writes (to --out) three tables and a plot:
+non-embedding parameter count), then prints and writes (to --out) four tables and a plot:
 likelihood (AR exact NLL, SEDD bounds ± s.e., the true language's NLL and entropy rate,
 perplexity ratios to AR); sample quality against network evaluations (analytic and Euler at
 each --sample-steps, first-hitting, AR ancestral: exact NLL of the samples under the language,
 their valid fraction, unigram entropy; a causal LM's generative perplexity for other data);
-infilling of random blanks (exact conditional NLL of the fills given the context, against the
+the fast-decoding predictors' calls per token against the same quality measures (confidence,
+ReMDM, the dual cache; on sedd-absorb and the block models); infilling of random blanks (exact conditional NLL of the fills given the context, against the
 held-out truth's). Trained models in OUT/<model> are reused (resumed to --steps) unless
 --retrain. Results: OUT/results.json (with the machine, versions and seeds), results.csv,
 table.md, compare.png. The experiment's code: python/comparison.py.

@@ -18,7 +18,13 @@ What is run (`run_comparison`):
    under the true language (of the samples it can produce at all), the fraction it can produce
    (valid), and the unigram entropy (degenerate repetition shows as a low one). Other data: the
    generative perplexity under a causal LM (sedd.evaluation.genppl) instead.
-4. Infilling: random blanks (a fixed fraction of positions) in held-out sequences, filled by each
+4. Fewer network calls at a known cost: every decoding setting of sedd.evaluation.decoding
+   (confidence at a fixed k or threshold τ, over the window or sub-blocks with and without the
+   dual cache; ReMDM's schedules at 1×, 2× and 4× L calls; first-hitting and the analytic grid
+   as references) on sedd-absorb, and those that run within a block on the block models (steps
+   per block): network calls and positions computed per generated token, tokens/s, and the
+   samples' quality as in 3; the AR row as the reference (the quick level keeps a subset).
+5. Infilling: random blanks (a fixed fraction of positions) in held-out sequences, filled by each
    SEDD model (the AR model cannot condition on the right context); on the built-in language the
    exact conditional NLL of the fills given the context, −[log p(x) − log p(x_context)] per
    blank token, against the same figure for the held-out truth, which is a draw from the exact
@@ -53,6 +59,7 @@ from sedd.evaluation import exact_sample_report, lm_sample_report
 from sedd.evaluation.genppl import load_causal_lm
 from sedd.families import build_model, get_family
 from sedd.nn.layers import ModelConfig
+from sedd.evaluation.decoding import decoding_settings
 from sedd.sampling import get_predictor
 from sedd.training import Trainer
 
@@ -67,12 +74,16 @@ def _level(preset, **measure):
 LEVELS = {
     # CI-sized: minutes on 2 cores; asserts only that the tables are complete and finite
     "quick": _level("micro", num_samples=16, sample_steps=[4, 16], fh_steps=[4, 16],
-                    bound_sequences=32, timesteps=8, infill_sequences=16, infill_steps=16),
+                    bound_sequences=32, timesteps=8, infill_sequences=16, infill_steps=16,
+                    decoding="quick"),
     # the manual's figures (docs/evaluation.md): ≤ 30 minutes on 2 cores
     "default": _level("tiny", num_samples=48, sample_steps=[8, 16, 32, 64, 128, 256, 512, 1024],
                       fh_steps=[8, 16, 32, 64], bound_sequences=256, timesteps=32,
-                      infill_sequences=48, infill_steps=128),
+                      infill_sequences=48, infill_steps=128, decoding="all"),
 }
+# the decoding table (sedd.evaluation.decoding; decoding_plan): every setting of the level on
+# these models, steps per block on the block models
+DECODING_MODELS = ("sedd-absorb", "block-4", "block-16")
 # the compared models: row name -> TrainConfig fields. The baseline's depth is matched to the
 # DDiT's non-embedding parameter count (match_depth).
 BASELINE = "ar"
@@ -287,6 +298,45 @@ def sample_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
     return rows
 
 
+def decoding_plan(model, v) -> dict:
+    """The level's decoding settings that `model` runs: on a block model those without
+    sub-blocks of their own (its KV cache is exact; the dual cache is for full-window models)."""
+    block = MODELS[model].get("family") == "block"
+    return {k: d for k, d in decoding_settings(v["decoding"] == "quick").items()
+            if not (block and "block_length" in d[2])}
+
+
+def decoding_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
+    """Fewer network calls at a known cost: each decoding setting of the level on the trained
+    models of DECODING_MODELS (steps = the setting's multiple of L, or of K within a block), with
+    network calls and positions computed per generated token, tokens/s and the samples' quality
+    as in the samples table; the AR baseline's ancestral row as the reference."""
+    rows = []
+    N = v["num_samples"]
+    L = trainers[BASELINE].cfg.seq_len
+    for name in DECODING_MODELS:
+        t = trainers.get(name)
+        if t is None:
+            continue
+        for setting, (predictor, mult, options, _) in decoding_plan(name, v).items():
+            steps = mult * (t.cfg.block_size if t.cfg.family == "block" else L)
+            gen = torch.Generator(device=device).manual_seed(seed + 61)
+            t0 = time.perf_counter()
+            x, stats = t.family.generate(t.ema_model, N, L, steps=steps, predictor=predictor,
+                                         generator=gen, device=device, return_stats=True,
+                                         cache=False, **options)
+            seconds = time.perf_counter() - t0
+            r = dict(section="decoding", model=name, predictor=setting, steps=steps,
+                     evaluations=stats.evaluations, network_calls=stats.network_calls,
+                     calls_per_token=stats.network_calls / L,
+                     positions_per_token=(stats.positions or math.nan) / (N * L),
+                     seconds=seconds, tokens_per_s=N * L / max(seconds, 1e-9), **scorer(x))
+            rows.append(r)
+            log(f"  {name:13s} {setting:42s}: calls/token {r['calls_per_token']:.3f}, "
+                f"NLL {r['nll']:.3f}, valid {r['valid']:.3f}, {r['tokens_per_s']:.0f} tok/s")
+    return rows
+
+
 def infill_rows(trainers, v, seed, device, scorer, fraction=0.25, log=print) -> list[dict]:
     x0 = _held_out(trainers[BASELINE], v["infill_sequences"])
     N, L = x0.shape
@@ -354,6 +404,19 @@ def tables(rows) -> str:
         out.append(f"| {r['model']} | {r['predictor']} | {r['steps'] or '—'} | "
                    f"{r['evaluations'] or '—'} | {_f(r['nll'])} | {_f(r['valid'])} | "
                    f"{_f(r['entropy'])} |")
+    dec = [r for r in rows if r["section"] == "decoding"]
+    ar = [r for r in smp if r["model"] == BASELINE]
+    if dec:
+        out += ["", "Fewer network calls at a known cost (calls and positions per generated token; "
+                    "steps per block for the block models; NLL and valid as above)", "",
+                "| model | predictor | steps | calls / token | positions / token | tok/s | NLL | "
+                "valid | unigram entropy |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in dec + ar:       # the baseline: one call per token (its steps are L)
+            calls = r.get("calls_per_token", r["network_calls"] / max(r["steps"], 1))
+            out.append(f"| {r['model']} | {r['predictor']} | {r['steps'] or '—'} | {_f(calls)} | "
+                       f"{_f(r.get('positions_per_token', math.nan), 1)} | "
+                       f"{_f(r['tokens_per_s'], 0)} | {_f(r['nll'])} | {_f(r['valid'])} | "
+                       f"{_f(r['entropy'])} |")
     out += ["", "Infilling random blanks (NLL: exact conditional nats per blank token given the "
                 "context)", "",
             "| model | sampler | steps | blanks | NLL | valid |", "|---|---|---|---|---|---|"]
@@ -374,6 +437,9 @@ def check_complete(rows, v, exact: bool) -> None:
     have = {(r["model"], r["predictor"], r["steps"]) for r in rows if r["section"] == "samples"} | \
         {(r["model"], r["predictor"]) for r in rows if r["section"] == "samples"}
     missing += [str(w) for w in want if w not in have]
+    dec = {(r["model"], r["predictor"]) for r in rows if r["section"] == "decoding"}
+    missing += [f"({m!r}, {name!r})" for m in DECODING_MODELS for name in decoding_plan(m, v)
+                if (m, name) not in dec]
     missing += [m for m in ("sedd-absorb", "sedd-uniform")
                 if m not in {r["model"] for r in rows if r["section"] == "infill"}]
     if missing:
@@ -381,7 +447,7 @@ def check_complete(rows, v, exact: bool) -> None:
     for r in rows:
         if r["section"] == "likelihood":
             vals = [r["nll"], r["stderr"], r["ppl_ratio_to_ar"]]
-        elif r["section"] == "samples":
+        elif r["section"] in ("samples", "decoding"):
             vals = [r["entropy"]] + ([r["valid"]] if exact else []) + \
                 ([r["nll"]] if not exact or r["valid"] > 0 else [])
         elif r["model"] != BASELINE and r.get("predictor") != "cannot infill":
@@ -458,6 +524,8 @@ def run_comparison(s: Settings, log=print) -> dict:
     rows = likelihood_rows(trainers, v, s.seed, s.device)
     log("samples ...")
     rows += sample_rows(trainers, v, s.seed, s.device, scorer, log)
+    log("decoding ...")
+    rows += decoding_rows(trainers, v, s.seed, s.device, scorer, log)
     log("infilling ...")
     rows += infill_rows(trainers, v, s.seed, s.device, scorer, log=log)
     check_complete(rows, v, exact=lang is not None)

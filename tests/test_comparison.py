@@ -48,6 +48,20 @@ def test_quick_run_writes_a_complete_finite_table(quick):
     assert ar["evaluations"] == res["training"]["ar"]["seq_len"]
     data = next(r for r in samples if r["model"] == "data")
     assert data["valid"] == 1.0
+    # the decoding table: calls per token as each setting promises, the dual cache computing
+    # fewer positions than the same sub-blocks without it, ReMDM's calls growing with its steps
+    dec = {(r["model"], r["predictor"]): r for r in rows if r["section"] == "decoding"}
+    L = res["training"]["ar"]["seq_len"]
+    assert dec["sedd-absorb", "confidence k=1"]["calls_per_token"] == 1.0
+    assert dec["sedd-absorb", "confidence k=4"]["calls_per_token"] == math.ceil(L / 4) / L
+    # one call per block, and one that commits each block but the last to the KV cache
+    assert dec["block-4", "confidence k=4"]["calls_per_token"] == (2 * L // 4 - 1) / L
+    sub = "confidence k=1, sub-blocks 16"
+    dual, plain = (dec["sedd-absorb", sub + k]["positions_per_token"] for k in (", dual cache", ""))
+    assert dual < plain if L > 16 else dual == plain == L     # one sub-block: nothing kept
+    assert dec["sedd-absorb", "remdm loop 4L"]["calls_per_token"] > \
+        dec["sedd-absorb", "remdm loop 2L"]["calls_per_token"] > 1.0
+    assert "| block-16 | remdm loop 2L |" in (out / "table.md").read_text()
     infill = {r["model"]: r for r in rows if r["section"] == "infill"}
     assert infill["truth"]["valid"] == 1.0 and math.isnan(infill["ar"]["nll"])
     # the machine, versions and seeds are recorded; the other files are there
@@ -100,7 +114,7 @@ def test_marginal_likelihood_is_the_sum_over_the_unknown_positions():
 
 
 def test_check_complete_names_what_is_missing_or_not_finite():
-    v = dict(sample_steps=[4], fh_steps=[4])
+    v = dict(sample_steps=[4], fh_steps=[4], decoding="quick")
     lik = [dict(section="likelihood", model=m, nll=1.0, stderr=0.1, ppl_ratio_to_ar=1.0)
            for m in C.MODELS]
     smp = [dict(section="samples", model="ar", predictor="ancestral", steps=8, nll=1.0,
@@ -113,9 +127,17 @@ def test_check_complete_names_what_is_missing_or_not_finite():
            for m in ("sedd-absorb", "sedd-uniform")]
     inf += [dict(section="infill", model="block-4", predictor="cannot infill", nll=math.nan,
                  valid=math.nan)]                   # a family without infill: no numbers
+    dec = [dict(section="decoding", model=m, predictor=name, steps=4, nll=1.0, valid=0.5,
+                entropy=2.0) for m in C.DECODING_MODELS for name in C.decoding_plan(m, v)]
+    assert {r["predictor"] for r in dec if r["model"] == "sedd-absorb"} > \
+        {r["predictor"] for r in dec if r["model"] == "block-4"}     # no dual cache in a block
+    inf += dec
     C.check_complete(lik + smp + inf, v, exact=True)
     with pytest.raises(AssertionError, match="missing .*first_hitting"):
         C.check_complete(lik + smp[:-1] + inf, v, exact=True)
+    with pytest.raises(AssertionError, match="missing .*'block-16', 'confidence k=4'"):
+        C.check_complete(lik + smp + [r for r in inf if r.get("predictor") != "confidence k=4"
+                                      or r["model"] != "block-16"], v, exact=True)
     bad = [dict(r) for r in smp]
     bad[1]["entropy"] = math.inf
     with pytest.raises(AssertionError, match="not finite"):
