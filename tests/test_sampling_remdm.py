@@ -1,9 +1,10 @@
 """sedd.sampling.remdm: ReMDM's remasking steps — σ = 0 is the analytic predictor bit for bit;
-the schedules keep the marginal share of unmasked positions; every schedule ends unmasked. (Whether
-more calls keep improving a trained model's samples is measured in bench/bench_decoding.py: the
-tiny models a test can train are too weak to show it.)"""
+the schedules keep the marginal share of unmasked positions; every schedule ends unmasked; on a
+trained tiny model (tests/data/tiny-sedd) the loop's samples get better as its calls grow past L
+(the full trade, every schedule at 1×/2×/4× L, is bench/bench_decoding.py's table)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from sedd.core.graphs import Absorbing
 from sedd.core.noise import LogLinear
+from sedd.loading import load
 from sedd.data.language import LanguageOracle, builtin_language
 from sedd.sampling import sample
 from sedd.sampling.remdm import Profile
@@ -74,3 +76,31 @@ def test_the_loop_profile():
     assert p.looping(0.3) and not p.looping(0.7) and not p.looping(0.05)
     assert p.alpha(1.0) == pytest.approx(1e-3, rel=1e-2)
 
+
+
+TINY = os.path.join(os.path.dirname(__file__), "data", "tiny-sedd")
+
+
+def test_more_calls_past_L_give_better_samples_on_a_trained_model():
+    """ReMDM's point: calls beyond L buy quality instead of saturating. On the trained tiny model
+    (tests/data/README.md: the default 2400-step tiny SEDD, σ-conditioned), the loop schedule at
+    2L calls gives far more samples the language can emit — each with a finite exact NLL — than at
+    L (bench: 16 % → 36 %, N = 128), and its valid samples' exact NLL stays at the entropy rate
+    (NLL of the valid ones within 0.1 nats/token of H). 256 samples of 64 tokens per budget: the
+    difference is over 5 standard errors at the benchmark's rates; a failure is a regression of
+    the remasking step, not chance."""
+    model = load(TINY, "cpu", True, tokenizer=False)
+    N, L = 256, 64
+    H = LANG.entropy_rate(L)[0]
+    valid, nll = {}, {}
+    for mult in (1, 2):
+        x = model.family.generate(model.model, N, L, steps=mult * L, predictor="remdm",
+                                  remask="loop", cache=False, device="cpu",
+                                  generator=torch.Generator().manual_seed(1))
+        ll = LANG.log_likelihood(np.asarray(x)) / L
+        ok = np.isfinite(ll)
+        valid[mult], nll[mult] = ok.mean(), -ll[ok].mean()
+    p = (valid[1] + valid[2]) / 2
+    z = (valid[2] - valid[1]) / math.sqrt(2 * p * (1 - p) / N)
+    assert valid[1] > 0.05 and z > 3.0, (valid, z)
+    assert abs(nll[2] - H) < 0.1, (nll, H)
