@@ -1,7 +1,7 @@
 """Compare an autoregressive baseline with SEDD (absorbing and uniform), trained alike, on the
 paper's claims: likelihood, sample quality against network evaluations, infilling.
 
-    python python/compare.py                 # built-in language, exact measures (≤ 30 min, 2 cores)
+    python python/compare.py                 # built-in language, exact measures (about an hour, 2 cores)
     python python/compare.py --quick         # CI-sized (minutes): the tables complete and finite
     python python/compare.py --preset small --data openwebtext --causal-lm gpt2-large   # GPUs
 

@@ -76,7 +76,7 @@ LEVELS = {
     "quick": _level("micro", num_samples=16, sample_steps=[4, 16], fh_steps=[4, 16],
                     bound_sequences=32, timesteps=8, infill_sequences=16, infill_steps=16,
                     decoding="quick"),
-    # the manual's figures (docs/evaluation.md): ≤ 30 minutes on 2 cores
+    # the manual's figures (docs/evaluation.md): about an hour on 2 cores (five models)
     "default": _level("tiny", num_samples=48, sample_steps=[8, 16, 32, 64, 128, 256, 512, 1024],
                       fh_steps=[8, 16, 32, 64], bound_sequences=256, timesteps=32,
                       infill_sequences=48, infill_steps=128, decoding="all"),
