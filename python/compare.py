@@ -1,21 +1,23 @@
-"""Compare an autoregressive baseline with SEDD (absorbing and uniform), trained alike, on the
-paper's claims: likelihood, sample quality against network evaluations, infilling.
+"""Compare an autoregressive baseline with SEDD (absorbing and uniform) and block diffusion
+(K = 4 and 16), trained alike, on the paper's claims: likelihood, sample quality against network
+evaluations, infilling — and what the fast-decoding predictors trade.
 
     python python/compare.py                 # built-in language, exact measures (about an hour, 2 cores)
     python python/compare.py --quick         # CI-sized (minutes): the tables complete and finite
     python python/compare.py --preset small --data openwebtext --causal-lm gpt2-large   # GPUs
 
-Trains AR, SEDD-absorb and SEDD-uniform for the same tokens (the AR depth matched to the DDiT's
-non-embedding parameter count), then prints and writes (to --out) four tables and a plot:
-likelihood (AR exact NLL, SEDD bounds ± s.e., the true language's NLL and entropy rate,
-perplexity ratios to AR); sample quality against network evaluations (analytic and Euler at
-each --sample-steps, first-hitting, AR ancestral: exact NLL of the samples under the language,
-their valid fraction, unigram entropy; a causal LM's generative perplexity for other data);
-the fast-decoding predictors' calls per token against the same quality measures (confidence,
-ReMDM, the dual cache; on sedd-absorb and the block models); infilling of random blanks (exact conditional NLL of the fills given the context, against the
-held-out truth's). Trained models in OUT/<model> are reused (resumed to --steps) unless
---retrain. Results: OUT/results.json (with the machine, versions and seeds), results.csv,
-table.md, compare.png. The experiment's code: python/comparison.py.
+Trains the five models for the same tokens (the AR depth matched to the DDiT's non-embedding
+parameter count), then prints and writes (to --out) four tables and a plot: likelihood (AR exact
+NLL, diffusion bounds ± s.e., the true language's NLL and entropy rate, perplexity ratios to
+AR); sample quality against network evaluations (analytic and Euler at each --sample-steps,
+first-hitting, AR ancestral: exact NLL of the samples under the language, their valid fraction,
+unigram entropy; a causal LM's generative perplexity for other data); the fast-decoding
+predictors' calls and positions per token and tokens/s against the same quality measures
+(confidence, ReMDM, the dual cache; on sedd-absorb and the block models); infilling of random
+blanks (exact conditional NLL of the fills given the context, against the held-out truth's).
+Trained models in OUT/<model> are reused (resumed to --steps) unless --retrain. Results:
+OUT/results.json (with the machine, versions and seeds), results.csv, table.md, compare.png. The
+experiment's code: python/comparison.py.
 """
 
 import argparse

@@ -1,11 +1,12 @@
 """The paper's claims, measured: an autoregressive baseline against SEDD (absorbing and uniform)
-trained alike, compared on likelihood, sample quality against network evaluations, and
-infilling — on the built-in language exactly, elsewhere through a causal LM.
+and block diffusion (K = 4, 16) trained alike, compared on likelihood, sample quality against
+network evaluations, the fast-decoding predictors' trade, and infilling — on the built-in language
+exactly, elsewhere through a causal LM.
 
 What is run (`run_comparison`):
 
-1. Training: AR, SEDD-absorb and SEDD-uniform with the same data, tokenizer, trainer, schedule
-   and number of tokens; the AR model gets the DDiT's width and heads and the number of blocks
+1. Training: the models of MODELS with the same data, tokenizer, trainer, schedule and number of
+   tokens; the AR model gets the DDiT's width and heads and the number of blocks
    that brings its non-embedding parameter count closest to the DDiT's (the DDiT's time
    conditioning — sigma_map and the adaLN layers — has no AR counterpart; both counts are in the
    results).
@@ -56,10 +57,10 @@ import sedd_kernels as sk
 from sedd.config import PRESETS, TrainConfig
 from sedd.data import get_tokenizer, load_corpus, text_files
 from sedd.evaluation import exact_sample_report, lm_sample_report
+from sedd.evaluation.decoding import decoding_settings
 from sedd.evaluation.genppl import load_causal_lm
 from sedd.families import build_model, get_family
 from sedd.nn.layers import ModelConfig
-from sedd.evaluation.decoding import decoding_settings
 from sedd.sampling import get_predictor
 from sedd.training import Trainer
 
