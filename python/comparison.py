@@ -300,11 +300,12 @@ def sample_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
 
 
 def decoding_plan(model, v) -> dict:
-    """The level's decoding settings that `model` runs: on a block model those without
-    sub-blocks of their own (its KV cache is exact; the dual cache is for full-window models)."""
-    block = MODELS[model].get("family") == "block"
+    """The level's decoding settings that `model` (a MODELS name) runs: those whose options its
+    family's sampler reads (`sample_options`) — a block model has no sub-blocks or dual cache of
+    its own (its KV cache is exact; the dual cache is for full-window models)."""
+    reads = set(get_family(MODELS[model]["family"]).sample_options)
     return {k: d for k, d in decoding_settings(v["decoding"] == "quick").items()
-            if not (block and "block_length" in d[2])}
+            if set(d[2]) <= reads}
 
 
 def decoding_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
@@ -320,7 +321,7 @@ def decoding_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
         if t is None:
             continue
         for setting, (predictor, mult, options, _) in decoding_plan(name, v).items():
-            steps = mult * (t.cfg.block_size if t.cfg.family == "block" else L)
+            steps = mult * (t.cfg.block_size or L)             # per block on a block model
             gen = torch.Generator(device=device).manual_seed(seed + 61)
             t0 = time.perf_counter()
             x, stats = t.family.generate(t.ema_model, N, L, steps=steps, predictor=predictor,
