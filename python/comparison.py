@@ -259,43 +259,48 @@ class Scorer:
         return dict(nll=rep.nll_per_token, valid=math.nan, entropy=rep.entropy)
 
 
+def generated_row(section, name, t, predictor, steps, N, L, seed, device, scorer, **kw) -> dict:
+    """Generate N × L samples from trainer t's EMA model, timed, and their row: the network
+    evaluations, calls and positions computed (in all and per generated token), tokens/s and
+    the samples' quality (`scorer`). predictor None: the family's own (ancestral) sampler."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if predictor is not None:
+        kw.update(steps=steps, predictor=predictor)
+    t0 = time.perf_counter()
+    x, stats = t.family.generate(t.ema_model, N, L, generator=gen, device=device,
+                                 return_stats=True, **kw)
+    seconds = time.perf_counter() - t0
+    calls = getattr(stats, "network_calls", None)
+    calls = stats.evaluations if calls is None else calls
+    positions = getattr(stats, "positions", None) or math.nan
+    return dict(section=section, model=name, predictor=predictor or "ancestral", steps=steps,
+                evaluations=stats.evaluations, network_calls=calls, calls_per_token=calls / L,
+                positions=positions, positions_per_token=positions / (N * L), seconds=seconds,
+                tokens_per_s=N * L / max(seconds, 1e-9), **scorer(x))
+
+
 def sample_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
     rows = []
     N = v["num_samples"]
     L = trainers[BASELINE].cfg.seq_len
-
-    def add(model, predictor, steps, x, stats, seconds):
-        calls = getattr(stats, "network_calls", None)
-        r = dict(section="samples", model=model, predictor=predictor, steps=steps,
-                 evaluations=stats.evaluations,
-                 network_calls=stats.evaluations if calls is None else calls,
-                 positions=getattr(stats, "positions", None) or math.nan,
-                 seconds=seconds, tokens_per_s=x.numel() / max(seconds, 1e-9), **scorer(x))
-        rows.append(r)
-        log(f"  {model:13s} {predictor:13s} steps {steps:5d}: evaluations {r['evaluations']:5d}, "
-            f"NLL {r['nll']:.3f}, valid {r['valid']:.3f}, entropy {r['entropy']:.3f}")
-
     x0 = _held_out(trainers[BASELINE], N)
     rows.append(dict(section="samples", model="data", predictor="held-out", steps=0,
                      evaluations=0, seconds=0.0, **scorer(x0)))
     first_hitting = get_predictor("first_hitting")
     for name, t in trainers.items():
         if "predictor" not in t.family.sample_options:      # ancestral: one call per token
-            gen = torch.Generator(device=device).manual_seed(seed + 21)
-            t0 = time.perf_counter()
-            x, stats = t.family.generate(t.ema_model, N, L, generator=gen, device=device,
-                                         return_stats=True)
-            add(name, "ancestral", L, x, stats, time.perf_counter() - t0)
-            continue
-        plan = [(p, s) for p in ("analytic", "euler") for s in v["sample_steps"]]
-        if first_hitting.graphs is None or t.graph.name in first_hitting.graphs:
-            plan += [("first_hitting", s) for s in v["fh_steps"]]
+            plan = [(None, L)]
+        else:
+            plan = [(p, s) for p in ("analytic", "euler") for s in v["sample_steps"]]
+            if first_hitting.graphs is None or t.graph.name in first_hitting.graphs:
+                plan += [("first_hitting", s) for s in v["fh_steps"]]
         for predictor, steps in plan:
-            gen = torch.Generator(device=device).manual_seed(seed + 31 + steps)
-            t0 = time.perf_counter()
-            x, stats = t.family.generate(t.ema_model, N, L, steps=steps, predictor=predictor,
-                                         generator=gen, device=device, return_stats=True)
-            add(name, predictor, steps, x, stats, time.perf_counter() - t0)
+            r = generated_row("samples", name, t, predictor, steps, N, L,
+                              seed + (21 if predictor is None else 31 + steps), device, scorer)
+            rows.append(r)
+            log(f"  {name:13s} {r['predictor']:13s} steps {steps:5d}: evaluations "
+                f"{r['evaluations']:5d}, NLL {r['nll']:.3f}, valid {r['valid']:.3f}, "
+                f"entropy {r['entropy']:.3f}")
     return rows
 
 
@@ -322,17 +327,9 @@ def decoding_rows(trainers, v, seed, device, scorer, log=print) -> list[dict]:
             continue
         for setting, (predictor, mult, options, _) in decoding_plan(name, v).items():
             steps = mult * (t.cfg.block_size or L)             # per block on a block model
-            gen = torch.Generator(device=device).manual_seed(seed + 61)
-            t0 = time.perf_counter()
-            x, stats = t.family.generate(t.ema_model, N, L, steps=steps, predictor=predictor,
-                                         generator=gen, device=device, return_stats=True,
-                                         cache=False, **options)
-            seconds = time.perf_counter() - t0
-            r = dict(section="decoding", model=name, predictor=setting, steps=steps,
-                     evaluations=stats.evaluations, network_calls=stats.network_calls,
-                     calls_per_token=stats.network_calls / L,
-                     positions_per_token=(stats.positions or math.nan) / (N * L),
-                     seconds=seconds, tokens_per_s=N * L / max(seconds, 1e-9), **scorer(x))
+            r = generated_row("decoding", name, t, predictor, steps, N, L, seed + 61, device,
+                              scorer, cache=False, **options)
+            r["predictor"] = setting
             rows.append(r)
             log(f"  {name:13s} {setting:42s}: calls/token {r['calls_per_token']:.3f}, "
                 f"NLL {r['nll']:.3f}, valid {r['valid']:.3f}, {r['tokens_per_s']:.0f} tok/s")
@@ -413,10 +410,9 @@ def tables(rows) -> str:
                     "steps per block for the block models; NLL and valid as above)", "",
                 "| model | predictor | steps | calls / token | positions / token | tok/s | NLL | "
                 "valid | unigram entropy |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in dec + ar:       # the baseline: one call per token (its steps are L)
-            calls = r.get("calls_per_token", r["network_calls"] / max(r["steps"], 1))
-            out.append(f"| {r['model']} | {r['predictor']} | {r['steps'] or '—'} | {_f(calls)} | "
-                       f"{_f(r.get('positions_per_token', math.nan), 1)} | "
+        for r in dec + ar:
+            out.append(f"| {r['model']} | {r['predictor']} | {r['steps'] or '—'} | "
+                       f"{_f(r['calls_per_token'])} | {_f(r['positions_per_token'], 1)} | "
                        f"{_f(r['tokens_per_s'], 0)} | {_f(r['nll'])} | {_f(r['valid'])} | "
                        f"{_f(r['entropy'])} |")
     out += ["", "Infilling random blanks (NLL: exact conditional nats per blank token given the "
